@@ -1,0 +1,192 @@
+"""Settings read once from the environment, with embedded-stack defaults.
+
+Every process (API, relay, projector, reaper, CLI) builds one `Settings` at start and hands
+it to the composition root; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+EMBEDDED_PG_PORT = 54329
+EMBEDDED_DATABASE_URL = f"postgresql://xentree@127.0.0.1:{EMBEDDED_PG_PORT}/xentree"
+EMBEDDED_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class PlanDefaults(msgspec.Struct, frozen=True):
+    free_seconds: int = 600
+    pro_seconds: int = 36_000
+    enterprise_seconds: int = 360_000
+    max_session_seconds: int = 3_600
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str = EMBEDDED_DATABASE_URL
+    kafka_bootstrap: str = EMBEDDED_KAFKA_BOOTSTRAP
+    kafka_topic: str = "xentree.live.events"
+    kafka_partitions: int = 4
+    state_dir: str = str(PROJECT_ROOT / ".xentree")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 1
+    public_base_url: str = "http://127.0.0.1:8000"
+    realtime_url: str = "ws://127.0.0.1:8765"
+    # Bearer tokens from the identity provider.
+    jwt_issuer: str = "https://id.xentree.local/"
+    jwt_audience: str = "xentree-live"
+    jwt_leeway_seconds: int = 30
+    jwks_file: str = ""
+    jwks_url: str = ""
+    dev_issuer: bool = True
+    # Secrets.
+    api_key_pepper: str = ""
+    service_keys: tuple[str, ...] = ()
+    # Quota and sessions.
+    plans: PlanDefaults = PlanDefaults()
+    default_plan: str = "free"
+    heartbeat_interval_seconds: int = 15
+    idle_timeout_seconds: int = 60
+    max_concurrent_sessions: int = 1
+    reaper_interval_seconds: float = 1.0
+    # HTTP.
+    max_body_bytes: int = 2 * 1024 * 1024
+    read_wait_seconds: float = 2.0
+    readiness_max_lag: int = 1000
+    db_pool_size: int = 8
+    db_max_overflow: int = 8
+    # Relay and projections.
+    relay_batch_size: int = 500
+    relay_poll_seconds: float = 0.5
+    projection_batch_size: int = 500
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    def plan_seconds(self, plan: str) -> int:
+        return {
+            "free": self.plans.free_seconds,
+            "pro": self.plans.pro_seconds,
+            "enterprise": self.plans.enterprise_seconds,
+        }.get(plan, self.plans.free_seconds)
+
+
+class DatabaseParams(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str
+
+    def conninfo(self) -> str:
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "dbname": self.dbname,
+            "user": self.user,
+            "password": self.password,
+        }
+        return " ".join(f"{k}='{v}'" for k, v in parts.items() if v != "")
+
+
+def parse_database_url(url: str) -> DatabaseParams:
+    """Split a postgresql:// URL into the parts psycopg and eventsourcing take."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"XENTREE_DATABASE_URL must be a postgresql:// URL, not {url!r}")
+    return DatabaseParams(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 5432,
+        dbname=unquote(parts.path.lstrip("/")) or "postgres",
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password or ""),
+    )
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, not {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    d = Settings()
+    plans = PlanDefaults(
+        free_seconds=_int(env, "XENTREE_PLAN_FREE_SECONDS", d.plans.free_seconds),
+        pro_seconds=_int(env, "XENTREE_PLAN_PRO_SECONDS", d.plans.pro_seconds),
+        enterprise_seconds=_int(
+            env, "XENTREE_PLAN_ENTERPRISE_SECONDS", d.plans.enterprise_seconds
+        ),
+        max_session_seconds=_int(
+            env, "XENTREE_MAX_SESSION_SECONDS", d.plans.max_session_seconds
+        ),
+    )
+    api_port = _int(env, "XENTREE_API_PORT", d.api_port)
+    api_host = env.get("XENTREE_API_HOST", d.api_host)
+    service_keys = tuple(
+        k.strip() for k in env.get("XENTREE_SERVICE_KEYS", "").split(",") if k.strip()
+    )
+    return Settings(
+        database_url=env.get("XENTREE_DATABASE_URL", "").strip() or d.database_url,
+        kafka_bootstrap=env.get("XENTREE_KAFKA_BOOTSTRAP", "").strip() or d.kafka_bootstrap,
+        kafka_topic=env.get("XENTREE_KAFKA_TOPIC", "").strip() or d.kafka_topic,
+        kafka_partitions=_int(env, "XENTREE_KAFKA_PARTITIONS", d.kafka_partitions),
+        state_dir=env.get("XENTREE_STATE_DIR", "").strip() or d.state_dir,
+        api_host=api_host,
+        api_port=api_port,
+        api_workers=_int(env, "XENTREE_API_WORKERS", d.api_workers),
+        public_base_url=env.get("XENTREE_PUBLIC_BASE_URL", "").strip()
+        or f"http://{api_host}:{api_port}",
+        realtime_url=env.get("XENTREE_REALTIME_URL", "").strip() or d.realtime_url,
+        jwt_issuer=env.get("XENTREE_JWT_ISSUER", "").strip() or d.jwt_issuer,
+        jwt_audience=env.get("XENTREE_JWT_AUDIENCE", "").strip() or d.jwt_audience,
+        jwt_leeway_seconds=_int(env, "XENTREE_JWT_LEEWAY_SECONDS", d.jwt_leeway_seconds),
+        jwks_file=env.get("XENTREE_JWKS_FILE", "").strip(),
+        jwks_url=env.get("XENTREE_JWKS_URL", "").strip(),
+        dev_issuer=_bool(env, "XENTREE_DEV_ISSUER", d.dev_issuer),
+        api_key_pepper=env.get("XENTREE_API_KEY_PEPPER", "").strip(),
+        service_keys=service_keys,
+        plans=plans,
+        default_plan=env.get("XENTREE_DEFAULT_PLAN", "").strip() or d.default_plan,
+        heartbeat_interval_seconds=_int(
+            env, "XENTREE_HEARTBEAT_INTERVAL_SECONDS", d.heartbeat_interval_seconds
+        ),
+        idle_timeout_seconds=_int(env, "XENTREE_IDLE_TIMEOUT_SECONDS", d.idle_timeout_seconds),
+        max_concurrent_sessions=_int(
+            env, "XENTREE_MAX_CONCURRENT_SESSIONS", d.max_concurrent_sessions
+        ),
+        reaper_interval_seconds=float(
+            env.get("XENTREE_REAPER_INTERVAL_SECONDS", "") or d.reaper_interval_seconds
+        ),
+        max_body_bytes=_int(env, "XENTREE_MAX_BODY_BYTES", d.max_body_bytes),
+        read_wait_seconds=float(env.get("XENTREE_READ_WAIT_SECONDS", "") or d.read_wait_seconds),
+        readiness_max_lag=_int(env, "XENTREE_READINESS_MAX_LAG", d.readiness_max_lag),
+        db_pool_size=_int(env, "XENTREE_DB_POOL_SIZE", d.db_pool_size),
+        db_max_overflow=_int(env, "XENTREE_DB_MAX_OVERFLOW", d.db_max_overflow),
+        relay_batch_size=_int(env, "XENTREE_RELAY_BATCH_SIZE", d.relay_batch_size),
+        relay_poll_seconds=float(
+            env.get("XENTREE_RELAY_POLL_SECONDS", "") or d.relay_poll_seconds
+        ),
+        projection_batch_size=_int(
+            env, "XENTREE_PROJECTION_BATCH_SIZE", d.projection_batch_size
+        ),
+    )
