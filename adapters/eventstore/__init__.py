@@ -1,0 +1,1 @@
+"""The PostgreSQL event store: eventsourcing's recorder, plus what commits with events."""

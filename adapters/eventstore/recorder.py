@@ -1,0 +1,118 @@
+"""eventsourcing's PostgreSQL application recorder, extended with what must commit in the
+same transaction as a command's events:
+
+- the command's idempotency record (its answer and the position of its last event), so a
+  crash can never leave an effect without its answer or an answer without its effect;
+- the write-side index of active sessions, which the reaper scans;
+- the write-side index of API keys, which key listing reads.
+
+A second insert of the same idempotency key fails the whole transaction with an
+IntegrityError (a RecordConflictError), exactly like a concurrent write to an aggregate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import get_topic
+from psycopg import Cursor
+from psycopg.rows import DictRow
+
+from application.idempotency import IdempotencyRecord, StoredAnswer
+from domain.api_key import ApiKey
+from domain.session import LiveSession
+
+SESSION_STARTED = f"{get_topic(LiveSession)}.Started"
+SESSION_ENDED = f"{get_topic(LiveSession)}.Ended"
+KEY_ISSUED = f"{get_topic(ApiKey)}.Issued"
+KEY_REVOKED = f"{get_topic(ApiKey)}.Revoked"
+
+_state_decoder = msgspec.json.Decoder()
+
+
+class LiveRecorder(PostgresApplicationRecorder):
+    """Also the application's durable IdempotencyStore."""
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        record: IdempotencyRecord | None = kwargs.get("idempotency")
+        if record is not None:
+            curs.execute(
+                "INSERT INTO idempotency (owner, key, fingerprint, status, body) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (record.owner, record.key, record.fingerprint, record.status, record.body),
+            )
+        for e in stored_events:
+            if e.topic == SESSION_STARTED:
+                curs.execute(
+                    "INSERT INTO active_sessions (session_id) VALUES (%s) "
+                    "ON CONFLICT DO NOTHING",
+                    (e.originator_id,),
+                )
+            elif e.topic == SESSION_ENDED:
+                curs.execute(
+                    "DELETE FROM active_sessions WHERE session_id = %s", (e.originator_id,)
+                )
+            elif e.topic == KEY_ISSUED:
+                state = _state_decoder.decode(e.state)
+                curs.execute(
+                    "INSERT INTO api_keys (aggregate_id, key_id, tenant_id, user_id, name, scopes,"
+                    " created_at) VALUES (%s, %s, %s, %s, %s, %s, now()) ON CONFLICT DO NOTHING",
+                    (
+                        e.originator_id,
+                        state["key_id"],
+                        state["tenant_id"],
+                        state["user_id"],
+                        state["name"],
+                        " ".join(state["scopes"]),
+                    ),
+                )
+            elif e.topic == KEY_REVOKED:
+                curs.execute(
+                    "UPDATE api_keys SET revoked_at = now() WHERE aggregate_id = %s",
+                    (e.originator_id,),
+                )
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        record: IdempotencyRecord | None = kwargs.get("idempotency")
+        if record is not None and ids:
+            curs.execute(
+                "UPDATE idempotency SET position = %s WHERE owner = %s AND key = %s",
+                (max(ids), record.owner, record.key),
+            )
+        return ids
+
+    # ---- IdempotencyStore -----------------------------------------------------------
+
+    def find(self, owner: str, key: str) -> tuple[str, StoredAnswer] | None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT fingerprint, status, body, position FROM idempotency "
+                "WHERE owner = %s AND key = %s",
+                (owner, key),
+            )
+            row = curs.fetchone()
+        if row is None:
+            return None
+        return row["fingerprint"], StoredAnswer(
+            status=row["status"], body=bytes(row["body"]), position=row["position"]
+        )
+
+    def put(self, record: IdempotencyRecord, position: int | None) -> bool:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "INSERT INTO idempotency (owner, key, fingerprint, status, body, position) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (record.owner, record.key, record.fingerprint, record.status, record.body,
+                 position),
+            )
+            return curs.rowcount == 1

@@ -1,0 +1,75 @@
+"""Idempotent commands: a retry with the same key and request returns the first answer.
+
+The answer is stored in the same transaction as the command's events (the event store
+adapter writes the record passed to `save(..., idempotency=...)`), so a crash can never
+leave an effect without its answer, or an answer without its effect. Dedupe is durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+import msgspec
+
+
+class IdempotencyMismatch(Exception):
+    """The key was used before with a different request."""
+
+
+class StoredAnswer(msgspec.Struct, frozen=True):
+    status: int
+    body: bytes
+    position: int | None
+
+
+class IdempotencyRecord(msgspec.Struct, frozen=True):
+    owner: str  # who may replay it: the caller's tenant/user
+    key: str
+    fingerprint: str  # hash of method, path and body
+    status: int
+    body: bytes
+
+
+class IdempotencyStore(Protocol):
+    def find(self, owner: str, key: str) -> tuple[str, StoredAnswer] | None:
+        """The fingerprint and stored answer for (owner, key), if any."""
+
+    def put(self, record: IdempotencyRecord, position: int | None) -> bool:
+        """Store an answer for a command that wrote no events; False if the key exists."""
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    h = hashlib.sha256()
+    h.update(method.encode())
+    h.update(b"\x00")
+    h.update(path.encode())
+    h.update(b"\x00")
+    h.update(body)
+    return h.hexdigest()
+
+
+class IdempotencyRequest(msgspec.Struct, frozen=True):
+    owner: str
+    key: str
+    fingerprint: str
+
+    def record(self, status: int, body: bytes) -> IdempotencyRecord:
+        return IdempotencyRecord(
+            owner=self.owner, key=self.key, fingerprint=self.fingerprint, status=status, body=body
+        )
+
+
+def replay(store: IdempotencyStore, request: IdempotencyRequest | None) -> StoredAnswer | None:
+    """The stored answer for this request, None if the key is new.
+
+    Raises IdempotencyMismatch when the key was used for another request."""
+    if request is None:
+        return None
+    found = store.find(request.owner, request.key)
+    if found is None:
+        return None
+    stored_fingerprint, answer = found
+    if stored_fingerprint != request.fingerprint:
+        raise IdempotencyMismatch(request.key)
+    return answer

@@ -1,0 +1,354 @@
+"""Session, quota and plan use cases: get → decide → save, atomically, with retry."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar, cast
+from uuid import UUID
+
+import msgspec
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import RecordConflictError
+
+from application.idempotency import (
+    IdempotencyRequest,
+    IdempotencyStore,
+    replay,
+)
+from application.principal import Principal
+from application.results import (
+    Answer,
+    HeartbeatAccepted,
+    PlanAssigned,
+    SessionEnded,
+    SessionStarted,
+)
+from application.settings import Settings
+from domain.account import Account
+from domain.billing import END_REASONS, EndReason
+from domain.errors import InvalidValue, NotFound, QuotaExceeded, SessionNotActive
+from domain.ids import account_id, ledger_id
+from domain.ledger import UsageLedger
+from domain.periods import period_bounds
+from domain.session import SESSION_TYPES, LiveSession
+
+T = TypeVar("T")
+A = TypeVar("A", bound=Aggregate)
+
+MAX_ATTEMPTS = 30
+CLIENT_END_REASONS: tuple[str, ...] = ("client", "client_disconnected", "upstream_lost")
+
+
+# What a decision hands back: the aggregates to save, the status, and the result (or an
+# error to raise once the aggregates are saved).
+Decision = tuple[Sequence[Aggregate], int, msgspec.Struct | Exception]
+
+
+class LiveApplication(Application[UUID]):
+    """The write side. Construct it with the infrastructure env from the composition root."""
+
+    name = "xentree_live"
+    snapshotting_intervals = {UsageLedger: 50, LiveSession: 50}
+
+    def __init__(
+        self,
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        idempotency: IdempotencyStore | None = None,
+    ) -> None:
+        super().__init__(env=env)
+        self.settings = settings
+        # By default the event store's recorder keeps the answers, in the events' transaction.
+        self.idempotency: IdempotencyStore = (
+            idempotency if idempotency is not None else cast(IdempotencyStore, self.recorder)
+        )
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    def load(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        try:
+            agg: Aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return agg if isinstance(agg, cls) else None
+
+    def command(
+        self,
+        decide: Callable[[], Decision],
+        idem: IdempotencyRequest | None,
+    ) -> Answer:
+        """Run a decision with optimistic concurrency: on a conflicting write, reload and
+        decide again. The answer is stored with the events when an idempotency key is given.
+
+        A decision whose outcome is an error that still changed state (a heartbeat that ran
+        out the quota ends the session, then answers 402) saves first, then raises; its
+        retry finds the session ended and raises the same error again."""
+        stored = replay(self.idempotency, idem)
+        if stored is not None:
+            return Answer(stored.status, stored.body, stored.position)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                aggregates, status, outcome = decide()
+                if isinstance(outcome, Exception):
+                    self.save(*aggregates)
+                    raise outcome
+                body = msgspec.json.encode(outcome)
+                record = idem.record(status, body) if idem is not None else None
+                if not any(agg.pending_events for agg in aggregates):
+                    if record is not None and not self.idempotency.put(record, None):
+                        return self._replay_or_raise(idem)
+                    return Answer(status, body, None)
+                recordings = self.save(*aggregates, idempotency=record)
+            except RecordConflictError:
+                if idem is not None and replay(self.idempotency, idem) is not None:
+                    return self._replay_or_raise(idem)
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return Answer(status, body, max(r.notification.id for r in recordings))
+        raise RuntimeError("too much contention on one user's quota; retry")
+
+    def _replay_or_raise(self, idem: IdempotencyRequest | None) -> Answer:
+        stored = replay(self.idempotency, idem)
+        assert stored is not None
+        return Answer(stored.status, stored.body, stored.position)
+
+    def _plan_for(self, tenant_id: str, user_id: str) -> tuple[str, int, int]:
+        account = self.load(Account, account_id(tenant_id, user_id))
+        if account is not None and account.plan is not None:
+            assert account.limit_seconds is not None and account.max_session_seconds is not None
+            return account.plan, account.limit_seconds, account.max_session_seconds
+        plan = self.settings.default_plan
+        return plan, self.settings.plan_seconds(plan), self.settings.plans.max_session_seconds
+
+    def ledger_for(self, tenant_id: str, user_id: str, at: datetime) -> UsageLedger:
+        """The user's ledger for the period containing `at`, opened if new."""
+        start, end = period_bounds(at)
+        ledger = self.load(UsageLedger, ledger_id(tenant_id, user_id, start))
+        if ledger is not None:
+            return ledger
+        plan, limit, max_session = self._plan_for(tenant_id, user_id)
+        return UsageLedger(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            period_start=start,
+            period_end=end,
+            plan=plan,
+            limit_seconds=limit,
+            max_session_seconds=max_session,
+        )
+
+    def _owned_session(self, principal: Principal, session_id: str) -> LiveSession:
+        try:
+            sid = UUID(session_id)
+        except ValueError:
+            raise NotFound("session") from None
+        session = self.load(LiveSession, sid)
+        if session is None or not session.owned_by(principal.tenant_id, principal.user_id):
+            raise NotFound("session")
+        return session
+
+    # ---- use cases ------------------------------------------------------------------
+
+    def start_session(
+        self,
+        principal: Principal,
+        session_type: str,
+        now: Callable[[], datetime],
+        idem: IdempotencyRequest | None = None,
+    ) -> Answer:
+        if session_type not in SESSION_TYPES:
+            raise InvalidValue("session_type", "must be 'voice' or 'avatar'")
+
+        def decide() -> Decision:
+            at = now()
+            ledger = self.ledger_for(principal.tenant_id, principal.user_id, at)
+            session = LiveSession(
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                session_type=session_type,
+                started_at=at,
+                ledger_id=ledger.id,
+                max_session_seconds=ledger.max_session_seconds,
+                idle_timeout_seconds=self.settings.idle_timeout_seconds,
+                credential=principal.credential,
+                credential_id=principal.credential_id,
+            )
+            ledger.start_session(
+                str(session.id), session_type, at, self.settings.max_concurrent_sessions
+            )
+            result = SessionStarted(
+                session_id=str(session.id),
+                session_type=session_type,
+                started_at=at,
+                heartbeat_interval_seconds=self.settings.heartbeat_interval_seconds,
+                idle_timeout_seconds=self.settings.idle_timeout_seconds,
+                remaining_seconds=ledger.remaining_seconds,
+                session_ends_at=session.ends_at(ledger.remaining_seconds),
+                period_end=ledger.period_end,
+                realtime_url=self.settings.realtime_url,
+            )
+            return (session, ledger), 201, result
+
+        return self.command(decide, idem)
+
+    def heartbeat(
+        self,
+        principal: Principal,
+        session_id: str,
+        now: Callable[[], datetime],
+        idem: IdempotencyRequest | None = None,
+    ) -> Answer:
+        def decide() -> Decision:
+            session = self._owned_session(principal, session_id)
+            ledger = self._ledger_of(session)
+            if not session.is_active:
+                raise self._not_active_error(session, ledger)
+            bill = session.decide_bill(now(), ledger.remaining_seconds)
+            session.apply_bill(bill)
+            ledger.charge(session_id, bill.seconds, ended=bill.end_reason is not None)
+            if bill.end_reason is not None:
+                # The session ended on this heartbeat: saved, then the client is told why.
+                return (session, ledger), 200, self._not_active_error(session, ledger)
+            result = HeartbeatAccepted(
+                session_id=session_id,
+                billed_seconds=bill.seconds,
+                session_seconds=session.session_seconds,
+                remaining_seconds=ledger.remaining_seconds,
+                session_ends_at=session.ends_at(ledger.remaining_seconds),
+            )
+            return (session, ledger), 200, result
+
+        return self.command(decide, idem)
+
+    def end_session(
+        self,
+        principal: Principal,
+        session_id: str,
+        reason: str,
+        now: Callable[[], datetime],
+        idem: IdempotencyRequest | None = None,
+    ) -> Answer:
+        if reason not in CLIENT_END_REASONS:
+            raise InvalidValue("reason", f"must be one of {', '.join(CLIENT_END_REASONS)}")
+
+        def decide() -> Decision:
+            session = self._owned_session(principal, session_id)
+            ledger = self._ledger_of(session)
+            if session.is_active:
+                self._end(session, ledger, reason, now())  # type: ignore[arg-type]
+            assert session.ended_at is not None and session.end_reason is not None
+            result = SessionEnded(
+                session_id=session_id,
+                ended_at=session.ended_at,
+                end_reason=session.end_reason,
+                session_seconds=session.session_seconds,
+                remaining_seconds=ledger.remaining_seconds,
+            )
+            return (session, ledger), 200, result
+
+        return self.command(decide, idem)
+
+    def end_for(self, session_id: UUID, reason: EndReason, now: Callable[[], datetime]) -> bool:
+        """End a session on the server's own authority (revoked token, lost upstream).
+        True if this call ended it."""
+        if reason not in END_REASONS:
+            raise InvalidValue("reason", "unknown end reason")
+        for _ in range(MAX_ATTEMPTS):
+            session = self.load(LiveSession, session_id)
+            if session is None or not session.is_active:
+                return False
+            ledger = self._ledger_of(session)
+            self._end(session, ledger, reason, now())
+            try:
+                self.save(session, ledger)
+            except RecordConflictError:
+                continue
+            return True
+        return False
+
+    def reap(self, session_id: UUID, now: Callable[[], datetime]) -> str | None:
+        """End the session if it is idle or past a limit; the end reason, or None."""
+        for _ in range(MAX_ATTEMPTS):
+            session = self.load(LiveSession, session_id)
+            if session is None or not session.is_active:
+                return None
+            ledger = self._ledger_of(session)
+            bill = session.decide_reap(now(), ledger.remaining_seconds)
+            if bill is None:
+                return None
+            session.apply_bill(bill)
+            ledger.charge(str(session.id), bill.seconds, ended=True)
+            try:
+                self.save(session, ledger)
+            except RecordConflictError:
+                continue
+            return bill.end_reason
+        return None
+
+    def assign_plan(
+        self,
+        tenant_id: str,
+        user_id: str,
+        plan: str,
+        seconds: int | None,
+        max_session_seconds: int | None,
+        now: Callable[[], datetime],
+    ) -> Answer:
+        def decide() -> Decision:
+            limit = seconds if seconds is not None else self._plan_limit(plan)
+            max_session = max_session_seconds or self.settings.plans.max_session_seconds
+            account = self.load(Account, account_id(tenant_id, user_id)) or Account(
+                tenant_id=tenant_id, user_id=user_id
+            )
+            account.assign_plan(plan, limit, max_session)
+            # The current period's ledger takes the new entitlement at once.
+            ledger = self.ledger_for(tenant_id, user_id, now())
+            ledger.change_plan(plan, limit, max_session)
+            result = PlanAssigned(
+                tenant_id=tenant_id,
+                user_id=user_id,
+                plan=plan,
+                limit_seconds=limit,
+                max_session_seconds=max_session,
+            )
+            return (account, ledger), 200, result
+
+        return self.command(decide, None)
+
+    def _plan_limit(self, plan: str) -> int:
+        if plan == "custom":
+            raise InvalidValue("seconds", "a custom plan needs --seconds")
+        if plan not in ("free", "pro", "enterprise"):
+            raise InvalidValue("plan", f"unknown plan {plan!r}")
+        return self.settings.plan_seconds(plan)
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def _ledger_of(self, session: LiveSession) -> UsageLedger:
+        ledger = self.load(UsageLedger, session.ledger_id)
+        if ledger is None:
+            raise RuntimeError(f"ledger {session.ledger_id} of session {session.id} is missing")
+        return ledger
+
+    def _end(
+        self, session: LiveSession, ledger: UsageLedger, reason: EndReason, at: datetime
+    ) -> None:
+        before = session.session_seconds
+        session.end(reason, at, ledger.remaining_seconds)
+        ledger.charge(str(session.id), session.session_seconds - before, ended=True)
+
+    @staticmethod
+    def _not_active_error(session: LiveSession, ledger: UsageLedger) -> Exception:
+        if session.end_reason == "quota_exceeded":
+            return QuotaExceeded(
+                period_end=ledger.period_end.isoformat(), session_id=str(session.id)
+            )
+        return SessionNotActive(str(session.id), session.end_reason or "client")
+
+    def session_view(self, principal: Principal, session_id: str) -> dict[str, Any]:
+        """The write side's view of one session, for tests and the reaper."""
+        return self._owned_session(principal, session_id).summary()

@@ -1,0 +1,43 @@
+"""A user's account: plan assignment and (later) personalisation."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain import ids
+from domain.errors import InvalidValue
+from domain.plans import PLAN_NAMES
+
+
+class Account(Aggregate):
+    @staticmethod
+    def create_id(tenant_id: str, user_id: str) -> UUID:
+        return ids.account_id(tenant_id, user_id)
+
+    @event("Registered")
+    def __init__(self, *, tenant_id: str, user_id: str) -> None:
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        self.plan: str | None = None
+        self.limit_seconds: int | None = None
+        self.max_session_seconds: int | None = None
+        self.nickname: str | None = None
+
+    def assign_plan(self, plan: str, limit_seconds: int, max_session_seconds: int) -> None:
+        if plan not in PLAN_NAMES:
+            raise InvalidValue("plan", f"unknown plan {plan!r}")
+        if limit_seconds < 0:
+            raise InvalidValue("seconds", "the entitlement cannot be negative")
+        if max_session_seconds <= 0:
+            raise InvalidValue("max_session_seconds", "must be positive")
+        self._plan_assigned(
+            plan=plan, limit_seconds=limit_seconds, max_session_seconds=max_session_seconds
+        )
+
+    @event("PlanAssigned")
+    def _plan_assigned(self, *, plan: str, limit_seconds: int, max_session_seconds: int) -> None:
+        self.plan = plan
+        self.limit_seconds = limit_seconds
+        self.max_session_seconds = max_session_seconds

@@ -1,0 +1,42 @@
+"""Domain exceptions: each names a broken rule; adapters map them to problem answers."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A command was refused by a business rule."""
+
+
+class QuotaExceeded(DomainError):
+    def __init__(self, *, period_end: str, session_id: str | None = None) -> None:
+        super().__init__("the monthly live quota is used up")
+        self.period_end = period_end
+        self.session_id = session_id
+
+
+class SessionAlreadyActive(DomainError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__("the user already has the maximum number of active sessions")
+        self.session_id = session_id
+
+
+class SessionNotActive(DomainError):
+    def __init__(self, session_id: str, end_reason: str) -> None:
+        super().__init__(f"the session has ended ({end_reason})")
+        self.session_id = session_id
+        self.end_reason = end_reason
+
+
+class NotFound(DomainError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not found")
+        self.what = what
+
+
+class InvalidValue(DomainError):
+    """A value broke a domain rule (nickname, plan, ...); `field` names the input."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason

@@ -1,0 +1,21 @@
+"""Deterministic aggregate ids: one stream per natural key, so concurrent creators collide
+on version 1 and optimistic concurrency decides, instead of creating duplicates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID, uuid5
+
+NAMESPACE = UUID("6f1d4c8e-2b1a-4f0e-9a43-1c2d3e4f5a6b")
+
+
+def account_id(tenant_id: str, user_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"account\x00{tenant_id}\x00{user_id}")
+
+
+def ledger_id(tenant_id: str, user_id: str, period_start: datetime) -> UUID:
+    return uuid5(NAMESPACE, f"ledger\x00{tenant_id}\x00{user_id}\x00{period_start:%Y-%m}")
+
+
+def api_key_id(key_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"api-key\x00{key_id}")

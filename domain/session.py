@@ -1,0 +1,123 @@
+"""The live session aggregate: started, billed in whole seconds, ended once."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.billing import Bill, EndReason, bill_gap, reap_decision, session_ends_at
+from domain.errors import SessionNotActive
+
+SESSION_TYPES: tuple[str, ...] = ("voice", "avatar")
+
+
+class LiveSession(Aggregate):
+    @event("Started")
+    def __init__(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        session_type: str,
+        started_at: datetime,
+        ledger_id: UUID,
+        max_session_seconds: int,
+        idle_timeout_seconds: int,
+        credential: str,
+        credential_id: str | None,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.user_id = user_id
+        self.session_type = session_type
+        self.started_at = started_at
+        self.ledger_id = ledger_id
+        self.max_session_seconds = max_session_seconds
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.credential = credential
+        self.credential_id = credential_id
+        self.bill_point = started_at
+        self.session_seconds = 0
+        self.ended_at: datetime | None = None
+        self.end_reason: str | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.ended_at is None
+
+    def owned_by(self, tenant_id: str, user_id: str) -> bool:
+        return self.tenant_id == tenant_id and self.user_id == user_id
+
+    def check_active(self) -> None:
+        if not self.is_active:
+            raise SessionNotActive(str(self.id), self.end_reason or "client")
+
+    def ends_at(self, remaining_quota: int) -> datetime:
+        return session_ends_at(
+            bill_point=self.bill_point,
+            remaining_quota=remaining_quota,
+            session_seconds=self.session_seconds,
+            max_session_seconds=self.max_session_seconds,
+        )
+
+    def decide_bill(self, now: datetime, remaining_quota: int) -> Bill:
+        self.check_active()
+        return bill_gap(
+            bill_point=self.bill_point,
+            now=now,
+            idle_timeout_seconds=self.idle_timeout_seconds,
+            remaining_quota=remaining_quota,
+            session_seconds=self.session_seconds,
+            max_session_seconds=self.max_session_seconds,
+        )
+
+    def decide_reap(self, now: datetime, remaining_quota: int) -> Bill | None:
+        if not self.is_active:
+            return None
+        return reap_decision(
+            bill_point=self.bill_point,
+            now=now,
+            idle_timeout_seconds=self.idle_timeout_seconds,
+            remaining_quota=remaining_quota,
+            session_seconds=self.session_seconds,
+            max_session_seconds=self.max_session_seconds,
+        )
+
+    def apply_bill(self, bill: Bill) -> None:
+        """Record a bill decided by `decide_bill`/`decide_reap` (ending the session if it
+        reached a limit). A zero-second bill that moves nothing records nothing."""
+        if bill.seconds > 0 or bill.bill_point != self.bill_point:
+            self._billed(seconds=bill.seconds, bill_point=bill.bill_point)
+        if bill.end_reason is not None and bill.ended_at is not None:
+            self._ended(reason=bill.end_reason, ended_at=bill.ended_at)
+
+    def end(self, reason: EndReason, now: datetime, remaining_quota: int) -> None:
+        """End the session at `now`, billing the last gap first. If a limit was reached
+        before `now`, the session ended there, for that limit's reason."""
+        bill = self.decide_bill(now, remaining_quota)
+        if bill.end_reason is None:
+            bill = Bill(seconds=bill.seconds, bill_point=bill.bill_point, end_reason=reason,
+                        ended_at=now)
+        self.apply_bill(bill)
+
+    @event("Billed")
+    def _billed(self, *, seconds: int, bill_point: datetime) -> None:
+        self.session_seconds += seconds
+        self.bill_point = bill_point
+
+    @event("Ended")
+    def _ended(self, *, reason: str, ended_at: datetime) -> None:
+        self.ended_at = ended_at
+        self.end_reason = reason
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "session_id": str(self.id),
+            "session_type": self.session_type,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "end_reason": self.end_reason,
+            "session_seconds": self.session_seconds,
+        }

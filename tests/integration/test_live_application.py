@@ -1,0 +1,156 @@
+"""The write side on real PostgreSQL: billing, quota, idempotency, concurrency."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+import psycopg
+import pytest
+
+from adapters.bootstrap import build_application
+from adapters.eventstore.schema import migrate
+from application.idempotency import IdempotencyMismatch, IdempotencyRequest
+from application.live import LiveApplication
+from application.principal import Principal
+from application.settings import PlanDefaults, Settings
+from domain.errors import NotFound, QuotaExceeded, SessionAlreadyActive, SessionNotActive
+from tests.support.clock import Clock
+
+
+@pytest.fixture(scope="module")
+def settings(database_url: str) -> Settings:
+    s = Settings(
+        database_url=database_url,
+        plans=PlanDefaults(free_seconds=100, max_session_seconds=3600),
+        db_pool_size=20,
+        db_max_overflow=40,
+    )
+    migrate(s)
+    return s
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[LiveApplication]:
+    a = build_application(settings)
+    yield a
+    a.close()
+
+
+def user() -> Principal:
+    return Principal(
+        tenant_id=f"t-{secrets.token_hex(4)}",
+        user_id=f"u-{secrets.token_hex(4)}",
+        scopes=frozenset({"live:read", "live:write"}),
+        credential="bearer",
+    )
+
+
+def body(answer) -> dict:  # type: ignore[no-untyped-def]
+    return msgspec.json.decode(answer.body)
+
+
+def test_lifecycle_bills_whole_server_seconds(app: LiveApplication) -> None:
+    p, clock = user(), Clock()
+    started = body(app.start_session(p, "voice", clock))
+    sid = started["session_id"]
+    assert started["remaining_seconds"] == 100
+    clock.advance(10.6)
+    hb = body(app.heartbeat(p, sid, clock))
+    assert (hb["billed_seconds"], hb["session_seconds"], hb["remaining_seconds"]) == (10, 10, 90)
+    clock.advance(5.5)  # the 0.6 s carried over makes this 6 whole seconds
+    hb = body(app.heartbeat(p, sid, clock))
+    assert (hb["billed_seconds"], hb["session_seconds"]) == (6, 16)
+    ended = body(app.end_session(p, sid, "client", clock))
+    assert ended["end_reason"] == "client" and ended["session_seconds"] == 16
+    assert ended["remaining_seconds"] == 84
+    # A second end answers the same body.
+    assert body(app.end_session(p, sid, "client", clock)) == ended
+    with pytest.raises(SessionNotActive):
+        app.heartbeat(p, sid, clock)
+
+
+def test_quota_runs_out_exactly_at_the_limit(app: LiveApplication) -> None:
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "avatar", clock))["session_id"]
+    clock.advance(250)  # capped by idle timeout 60 → 60 billed
+    assert body(app.heartbeat(p, sid, clock))["session_seconds"] == 60
+    clock.advance(55)
+    with pytest.raises(QuotaExceeded):
+        app.heartbeat(p, sid, clock)  # 40 left: billed exactly 40, then ended
+    view = app.session_view(p, sid)
+    assert view["end_reason"] == "quota_exceeded" and view["session_seconds"] == 100
+    with pytest.raises(QuotaExceeded):
+        app.heartbeat(p, sid, clock)  # and the next heartbeat learns why
+    with pytest.raises(QuotaExceeded):
+        app.start_session(p, "voice", clock)
+
+
+def test_another_users_session_is_not_found(app: LiveApplication) -> None:
+    owner, other, clock = user(), user(), Clock()
+    sid = body(app.start_session(owner, "voice", clock))["session_id"]
+    with pytest.raises(NotFound):
+        app.heartbeat(other, sid, clock)
+    with pytest.raises(NotFound):
+        app.end_session(other, sid, "client", clock)
+    with pytest.raises(NotFound):
+        app.heartbeat(owner, "not-a-uuid", clock)
+
+
+def test_one_active_session_per_user(app: LiveApplication) -> None:
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    with pytest.raises(SessionAlreadyActive) as err:
+        app.start_session(p, "voice", clock)
+    assert err.value.session_id == sid
+
+
+def test_idempotent_retry_returns_the_first_answer(
+    app: LiveApplication, settings: Settings
+) -> None:
+    p, clock = user(), Clock()
+    idem = IdempotencyRequest(owner=f"{p.tenant_id}/{p.user_id}", key="k1", fingerprint="f1")
+    first = app.start_session(p, "voice", clock, idem)
+    again = app.start_session(p, "voice", clock, idem)
+    assert again == first and first.position is not None
+    with pytest.raises(IdempotencyMismatch):
+        app.start_session(p, "voice", clock, IdempotencyRequest(idem.owner, "k1", "other"))
+    conninfo = settings.database_url
+    with psycopg.connect(conninfo) as conn:
+        n = conn.execute(
+            "SELECT count(*) FROM xentree_live_events WHERE topic LIKE %s",
+            ("%LiveSession.Started",),
+        ).fetchone()
+        assert n is not None
+    sid = body(first)["session_id"]
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM active_sessions WHERE session_id = %s", (sid,)
+        ).fetchone()
+    assert row == (1,)
+
+
+def test_parallel_heartbeats_never_double_bill(app: LiveApplication) -> None:
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    clock.advance(30)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = [body(a) for a in pool.map(lambda _: app.heartbeat(p, sid, clock), range(50))]
+    assert sum(a["billed_seconds"] for a in answers) == 30
+    assert app.session_view(p, sid)["session_seconds"] == 30
+
+
+def test_parallel_starts_never_exceed_the_concurrency_limit(app: LiveApplication) -> None:
+    p, clock = user(), Clock()
+
+    def attempt(_: int) -> str:
+        try:
+            return body(app.start_session(p, "voice", clock))["session_id"]
+        except SessionAlreadyActive:
+            return ""
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        started = [s for s in pool.map(attempt, range(20)) if s]
+    assert len(started) == 1
