@@ -22,6 +22,7 @@ from application.idempotency import (
 from application.principal import Principal
 from application.results import (
     Answer,
+    ApiKeyInfo,
     HeartbeatAccepted,
     PlanAssigned,
     SessionEnded,
@@ -29,9 +30,10 @@ from application.results import (
 )
 from application.settings import Settings
 from domain.account import Account
+from domain.api_key import ApiKey
 from domain.billing import END_REASONS, EndReason
 from domain.errors import InvalidValue, NotFound, QuotaExceeded, SessionNotActive
-from domain.ids import account_id, ledger_id
+from domain.ids import account_id, api_key_id, ledger_id
 from domain.ledger import UsageLedger
 from domain.periods import period_bounds
 from domain.session import SESSION_TYPES, LiveSession
@@ -325,6 +327,57 @@ class LiveApplication(Application[UUID]):
         if plan not in ("free", "pro", "enterprise"):
             raise InvalidValue("plan", f"unknown plan {plan!r}")
         return self.settings.plan_seconds(plan)
+
+    def issue_api_key(
+        self,
+        principal: Principal,
+        key_id: str,
+        key_hash: str,
+        name: str,
+        scopes: list[str],
+        now: Callable[[], datetime],
+        idem: IdempotencyRequest | None = None,
+    ) -> Answer:
+        """Record a new key (its hash only). The answer holds no secret: the caller adds
+        the key to the response it shows once, and an idempotent replay shows it no more."""
+
+        def decide() -> Decision:
+            key = ApiKey(
+                key_id=key_id,
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                key_hash=key_hash,
+                scopes=sorted(scopes),
+                name=name,
+                issued_at=now(),
+            )
+            return (key,), 201, self._key_info(key)
+
+        return self.command(decide, idem)
+
+    def revoke_api_key(
+        self, principal: Principal, key_id: str, now: Callable[[], datetime]
+    ) -> Answer:
+        def decide() -> Decision:
+            key = self.load(ApiKey, api_key_id(key_id))
+            if key is None or not (
+                key.tenant_id == principal.tenant_id and key.user_id == principal.user_id
+            ):
+                raise NotFound("api key")
+            key.revoke(now())
+            return (key,), 200, self._key_info(key)
+
+        return self.command(decide, None)
+
+    @staticmethod
+    def _key_info(key: ApiKey) -> ApiKeyInfo:
+        return ApiKeyInfo(
+            key_id=key.key_id,
+            name=key.name,
+            scopes=list(key.scopes),
+            created_at=key.issued_at,
+            revoked_at=key.revoked_at,
+        )
 
     # ---- helpers --------------------------------------------------------------------
 

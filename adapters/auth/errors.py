@@ -34,3 +34,12 @@ class InsufficientScope(Exception):
         super().__init__(f"missing scope {scope}")
         self.scope = scope
         self.detail = f"this credential lacks the '{scope}' scope"
+
+
+class CredentialNotAccepted(Exception):
+    """A valid credential of a kind this endpoint does not take (e.g. an API key where
+    only bearer tokens are allowed)."""
+
+    def __init__(self, credential: str) -> None:
+        super().__init__(credential)
+        self.credential = credential

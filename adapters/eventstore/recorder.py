@@ -13,6 +13,7 @@ IntegrityError (a RecordConflictError), exactly like a concurrent write to an ag
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -32,6 +33,11 @@ KEY_ISSUED = f"{get_topic(ApiKey)}.Issued"
 KEY_REVOKED = f"{get_topic(ApiKey)}.Revoked"
 
 _state_decoder = msgspec.json.Decoder()
+
+
+def _datetime(encoded: Any) -> datetime:
+    # eventsourcing's JSON transcoder writes datetimes as {"_type_": ..., "_data_": iso}.
+    return datetime.fromisoformat(encoded["_data_"])
 
 
 class LiveRecorder(PostgresApplicationRecorder):
@@ -61,21 +67,24 @@ class LiveRecorder(PostgresApplicationRecorder):
             elif e.topic == KEY_ISSUED:
                 state = _state_decoder.decode(e.state)
                 curs.execute(
-                    "INSERT INTO api_keys (aggregate_id, key_id, tenant_id, user_id, name, scopes,"
-                    " created_at) VALUES (%s, %s, %s, %s, %s, %s, now()) ON CONFLICT DO NOTHING",
+                    "INSERT INTO api_keys (aggregate_id, key_id, key_hash, tenant_id, user_id,"
+                    " name, scopes, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
                     (
                         e.originator_id,
                         state["key_id"],
+                        state["key_hash"],
                         state["tenant_id"],
                         state["user_id"],
                         state["name"],
                         " ".join(state["scopes"]),
+                        _datetime(state["issued_at"]),
                     ),
                 )
             elif e.topic == KEY_REVOKED:
                 curs.execute(
-                    "UPDATE api_keys SET revoked_at = now() WHERE aggregate_id = %s",
-                    (e.originator_id,),
+                    "UPDATE api_keys SET revoked_at = %s WHERE aggregate_id = %s",
+                    (_datetime(_state_decoder.decode(e.state)["revoked_at"]), e.originator_id),
                 )
         super()._insert_events(curs, stored_events, **kwargs)
 
@@ -106,6 +115,28 @@ class LiveRecorder(PostgresApplicationRecorder):
         return row["fingerprint"], StoredAnswer(
             status=row["status"], body=bytes(row["body"]), position=row["position"]
         )
+
+    def api_key_owner(self, key_hash: str) -> tuple[str, str, str, str] | None:
+        """(key_id, tenant_id, user_id, scopes) of the unrevoked key with this hash."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT key_id, tenant_id, user_id, scopes FROM api_keys "
+                "WHERE key_hash = %s AND revoked_at IS NULL",
+                (key_hash,),
+            )
+            row = curs.fetchone()
+        if row is None:
+            return None
+        return row["key_id"], row["tenant_id"], row["user_id"], row["scopes"]
+
+    def api_keys_of(self, tenant_id: str, user_id: str) -> list[dict[str, Any]]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys "
+                "WHERE tenant_id = %s AND user_id = %s ORDER BY created_at DESC, key_id",
+                (tenant_id, user_id),
+            )
+            return list(curs.fetchall())
 
     def put(self, record: IdempotencyRecord, position: int | None) -> bool:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:

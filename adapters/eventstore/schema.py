@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS active_sessions (
 CREATE TABLE IF NOT EXISTS api_keys (
     aggregate_id uuid PRIMARY KEY,
     key_id text NOT NULL UNIQUE,
+    key_hash text NOT NULL UNIQUE,
     tenant_id text NOT NULL,
     user_id text NOT NULL,
     name text NOT NULL,

@@ -1,0 +1,201 @@
+"""`xentree-live`: the operator CLI and the process entry points.
+
+Every command prints its result as the last line of stdout and exits non-zero with a
+clear message on error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import FrameType
+
+import msgspec
+
+from application.settings import Settings, load_settings
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> str:
+    from adapters.eventstore.schema import migrate
+
+    migrate(settings)
+    return "schema up to date"
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> str:
+    import uvicorn
+
+    uvicorn.run(
+        "adapters.http.app:app_from_env",
+        factory=True,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        workers=args.workers or settings.api_workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,  # query strings may hold tokens; metrics count requests instead
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    return "api stopped"
+
+
+def cmd_relay(settings: Settings, _args: argparse.Namespace) -> str:
+    from adapters.relay.relay import run_relay
+
+    run_relay(settings, _stop_on_signals())
+    return "relay stopped"
+
+
+def cmd_project(settings: Settings, args: argparse.Namespace) -> str:
+    from adapters.projector.runner import run_projectors
+
+    names = tuple(args.projection) if args.projection else ("quota", "sessions")
+    run_projectors(settings, _stop_on_signals(), names=names)
+    return "projectors stopped"
+
+
+def cmd_reaper(settings: Settings, _args: argparse.Namespace) -> str:
+    from adapters.reaper import run_reaper
+
+    run_reaper(settings, _stop_on_signals(), _now)
+    return "reaper stopped"
+
+
+def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> str:
+    from adapters.auth.dev_issuer import DevIssuer
+
+    return DevIssuer.load_or_create(settings).mint(args.tenant, args.user, args.scope, args.ttl)
+
+
+def cmd_plan_assign(settings: Settings, args: argparse.Namespace) -> str:
+    from adapters.bootstrap import build_application
+
+    app = build_application(settings)
+    try:
+        answer = app.assign_plan(
+            args.tenant, args.user, args.plan, args.seconds, args.max_session_seconds, _now
+        )
+    finally:
+        app.close()
+    return answer.body.decode()
+
+
+def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> str:
+    from adapters.auth.api_keys import generate_api_key, hash_api_key, load_pepper
+    from adapters.auth.scopes import parse_scope
+    from adapters.bootstrap import build_application
+    from application.principal import Principal
+
+    scopes = parse_scope(args.scope)
+    if not scopes <= {"live:read", "live:write"}:
+        raise ValueError("API keys may hold only live:read and live:write")
+    principal = Principal(
+        tenant_id=args.tenant, user_id=args.user, scopes=scopes, credential="bearer"
+    )
+    key_id, key = generate_api_key()
+    app = build_application(settings)
+    try:
+        app.issue_api_key(
+            principal, key_id, hash_api_key(key, load_pepper(settings)), args.name,
+            sorted(scopes), _now,
+        )
+    finally:
+        app.close()
+    print(f"key_id {key_id}", file=sys.stderr)
+    return key
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xentree-live", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="create or update the database schema").set_defaults(
+        run=cmd_migrate
+    )
+    api = sub.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.add_argument("--workers", type=int)
+    api.set_defaults(run=cmd_api)
+    sub.add_parser("relay", help="publish stored events to Kafka").set_defaults(run=cmd_relay)
+    project = sub.add_parser("project", help="run the Kafka-fed projections")
+    project.add_argument("projection", nargs="*", help="quota, sessions (default: all)")
+    project.set_defaults(run=cmd_project)
+    sub.add_parser("reaper", help="end idle and over-limit sessions").set_defaults(
+        run=cmd_reaper
+    )
+
+    token = sub.add_parser("dev-token", help="print a bearer JWT from the local dev issuer")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--scope", default="live:read live:write")
+    token.add_argument("--ttl", type=int, default=3600)
+    token.set_defaults(run=cmd_dev_token)
+
+    plan = sub.add_parser("plan", help="plan management").add_subparsers(
+        dest="plan_command", required=True
+    )
+    assign = plan.add_parser("assign", help="assign a plan to a user")
+    assign.add_argument("--tenant", required=True)
+    assign.add_argument("--user", required=True)
+    assign.add_argument("--plan", required=True, choices=["free", "pro", "enterprise", "custom"])
+    assign.add_argument("--seconds", type=int)
+    assign.add_argument("--max-session-seconds", type=int)
+    assign.set_defaults(run=cmd_plan_assign)
+
+    keys = sub.add_parser("api-key", help="API key management").add_subparsers(
+        dest="key_command", required=True
+    )
+    create = keys.add_parser("create", help="issue an API key and print it (shown once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--user", required=True)
+    create.add_argument("--scope", default="live:read live:write")
+    create.add_argument("--name", default="")
+    create.set_defaults(run=cmd_api_key_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        result = args.run(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from domain.errors import DomainError
+
+        if isinstance(exc, DomainError | ValueError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(result, bytes | bytearray):
+        result = msgspec.json.decode(result)
+    print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The app factory: one place that wires the API together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from adapters.http.api_keys import ApiKeyController
+from adapters.http.health import HealthController
+from adapters.http.middleware import request_id_middleware
+from adapters.http.problems import exception_handlers
+from adapters.http.quota import QuotaController
+from adapters.http.services import Services, build_services
+from adapters.http.sessions import SessionController
+from application.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Litestar:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned = services is None
+        app.state.services = services or build_services(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.services.close()
+
+    return Litestar(
+        route_handlers=[SessionController, QuotaController, ApiKeyController, HealthController],
+        lifespan=[lifespan],
+        middleware=[request_id_middleware],
+        exception_handlers=exception_handlers(),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Xentree Live",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+        ),
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """Uvicorn factory entry point (`adapters.http.app:app_from_env`)."""
+    return create_app(load_settings())

@@ -1,0 +1,68 @@
+"""Who is calling: one function that turns request headers into a Principal."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from litestar import Request
+
+from adapters.auth.api_keys import has_valid_shape, hash_api_key
+from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, InsufficientScope
+from adapters.auth.scopes import parse_scope
+from adapters.http.services import Services
+from application.principal import CredentialKind, Principal
+
+ALL: tuple[CredentialKind, ...] = ("bearer", "api_key", "integration", "service")
+NOT_API_KEY: tuple[CredentialKind, ...] = ("bearer", "integration", "service")
+BEARER_ONLY: tuple[CredentialKind, ...] = ("bearer",)
+
+
+def authenticate(
+    request: Request[Any, Any, Any],
+    services: Services,
+    scope: str,
+    accept: Collection[CredentialKind] = ALL,
+) -> Principal:
+    principal = _identify(request, services)
+    if principal.credential not in accept:
+        raise CredentialNotAccepted(principal.credential)
+    if not principal.has_scope(scope):
+        raise InsufficientScope(scope)
+    return principal
+
+
+def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
+    headers = request.headers
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("the Authorization header must be 'Bearer <token>'")
+        return services.bearer.verify(token.strip())
+    api_key = headers.get("x-api-key")
+    if api_key is not None:
+        return _api_key(api_key.strip(), services)
+    service_key = headers.get("x-service-key")
+    if service_key is not None:
+        return services.service_keys.authenticate(
+            service_key, headers.get("x-on-behalf-of", "")
+        )
+    raise AuthenticationError("credentials are required")
+
+
+def _api_key(key: str, services: Services) -> Principal:
+    # The checksum refuses typos and junk without a database read.
+    if not has_valid_shape(key):
+        raise AuthenticationError("invalid API key")
+    found = services.recorder.api_key_owner(hash_api_key(key, services.pepper))
+    if found is None:
+        raise AuthenticationError("invalid API key")
+    key_id, tenant_id, user_id, scopes = found
+    return Principal(
+        tenant_id=tenant_id,
+        user_id=user_id,
+        scopes=parse_scope(scopes, allow_unknown=True),
+        credential="api_key",
+        credential_id=key_id,
+    )

@@ -1,0 +1,250 @@
+"""Every error the API answers is an RFC 9457 problem, mapped here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+import psycopg
+import psycopg_pool
+from eventsourcing import persistence as es_persistence
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, InsufficientScope
+from application.idempotency import IdempotencyMismatch
+from domain.errors import (
+    InvalidValue,
+    NotFound,
+    QuotaExceeded,
+    SessionAlreadyActive,
+    SessionNotActive,
+)
+
+PROBLEM_JSON = "application/problem+json"
+
+TITLES = {
+    "invalid_request": "Invalid request",
+    "unauthenticated": "Authentication required",
+    "insufficient_scope": "Insufficient scope",
+    "not_found": "Not found",
+    "live_quota_exceeded": "Live quota exceeded",
+    "session_already_active": "Session already active",
+    "session_not_active": "Session not active",
+    "conflict": "Conflict",
+    "rate_limited": "Too many requests",
+    "payload_too_large": "Payload too large",
+    "unavailable": "Service unavailable",
+    "internal": "Internal error",
+}
+
+
+class Problem(msgspec.Struct, kw_only=True):
+    """The documented shape of every error answer (plus code-specific fields)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str
+
+
+class Unavailable(Exception):
+    """A dependency is down or a read could not catch up in time; retry later."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class BadRequest(Exception):
+    def __init__(self, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+def problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> Response[bytes]:
+    body = {
+        "type": f"https://docs.xentree.live/problems/{code.replace('_', '-')}",
+        "title": TITLES.get(code, code),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.url.path,
+        **extra,
+    }
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=dict(headers or {}),
+    )
+
+
+def _authentication(request: Request[Any, Any, Any], exc: AuthenticationError) -> Response[bytes]:
+    return problem(
+        request,
+        401,
+        "unauthenticated",
+        exc.detail,
+        {"WWW-Authenticate": 'Bearer realm="xentree-live", error="invalid_token"'},
+    )
+
+
+def _scope(request: Request[Any, Any, Any], exc: InsufficientScope) -> Response[bytes]:
+    return problem(
+        request,
+        403,
+        "insufficient_scope",
+        f"this credential lacks the scope {exc.scope}",
+        {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{exc.scope}"'},
+        scope=exc.scope,
+    )
+
+
+def _credential(request: Request[Any, Any, Any], exc: CredentialNotAccepted) -> Response[bytes]:
+    kind = exc.credential.replace("_", " ")
+    return problem(
+        request, 403, "insufficient_scope", f"this endpoint does not accept {kind} credentials"
+    )
+
+
+def _quota(request: Request[Any, Any, Any], exc: QuotaExceeded) -> Response[bytes]:
+    extra: dict[str, Any] = {"remaining_seconds": 0, "period_end": exc.period_end}
+    if exc.session_id is not None:
+        extra["session_id"] = exc.session_id
+    return problem(
+        request,
+        402,
+        "live_quota_exceeded",
+        "the live quota for this period is used up; it resets at period_end",
+        **extra,
+    )
+
+
+def _already_active(request: Request[Any, Any, Any], exc: SessionAlreadyActive) -> Response[bytes]:
+    return problem(
+        request,
+        409,
+        "session_already_active",
+        "the concurrent session limit is reached; end the active session first",
+        session_id=exc.session_id,
+    )
+
+
+def _not_active(request: Request[Any, Any, Any], exc: SessionNotActive) -> Response[bytes]:
+    return problem(
+        request,
+        409,
+        "session_not_active",
+        f"the session has ended ({exc.end_reason})",
+        session_id=exc.session_id,
+        end_reason=exc.end_reason,
+    )
+
+
+def _not_found(request: Request[Any, Any, Any], exc: NotFound) -> Response[bytes]:
+    return problem(request, 404, "not_found", f"no such {exc.what}")
+
+
+def _invalid(request: Request[Any, Any, Any], exc: InvalidValue) -> Response[bytes]:
+    return problem(
+        request, 422, "invalid_request", f"{exc.field}: {exc.reason}", field=exc.field
+    )
+
+
+def _bad_request(request: Request[Any, Any, Any], exc: BadRequest) -> Response[bytes]:
+    return problem(request, exc.status, "invalid_request", exc.detail)
+
+
+def _mismatch(request: Request[Any, Any, Any], exc: IdempotencyMismatch) -> Response[bytes]:
+    return problem(
+        request,
+        409,
+        "conflict",
+        "this Idempotency-Key was already used with a different request",
+    )
+
+
+def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    retry_after = exc.retry_after if isinstance(exc, Unavailable) else 2
+    detail = exc.detail if isinstance(exc, Unavailable) else "a backing service is unavailable"
+    return problem(
+        request, 503, "unavailable", detail, {"Retry-After": str(retry_after)}
+    )
+
+
+def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    detail = exc.detail or "invalid request"
+    extra = exc.extra
+    if isinstance(extra, list) and extra:
+        messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in extra]
+        detail = "; ".join(m for m in messages if m) or detail
+    return problem(request, 400, "invalid_request", detail)
+
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthenticated",
+    403: "insufficient_scope",
+    404: "not_found",
+    405: "invalid_request",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "invalid_request",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    if status >= 500:
+        return _internal(request, exc)
+    code = _HTTP_CODES.get(status, "invalid_request")
+    detail = exc.detail or TITLES[code]
+    if status == 413:
+        detail = "the request body is larger than the configured limit"
+    return problem(request, status, code, detail, exc.headers)
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    request.logger.exception("unhandled error", exc_info=exc)
+    return problem(request, 500, "internal", "an internal error occurred; it has been logged")
+
+
+def exception_handlers() -> dict[type[Exception] | int, Callable[..., Response[Any]]]:
+    return {
+        AuthenticationError: _authentication,
+        InsufficientScope: _scope,
+        CredentialNotAccepted: _credential,
+        QuotaExceeded: _quota,
+        SessionAlreadyActive: _already_active,
+        SessionNotActive: _not_active,
+        NotFound: _not_found,
+        InvalidValue: _invalid,
+        BadRequest: _bad_request,
+        IdempotencyMismatch: _mismatch,
+        Unavailable: _unavailable,
+        psycopg.OperationalError: _unavailable,
+        psycopg.InterfaceError: _unavailable,
+        psycopg_pool.PoolTimeout: _unavailable,
+        es_persistence.OperationalError: _unavailable,
+        es_persistence.InterfaceError: _unavailable,
+        ValidationException: _validation,
+        HTTPException: _http,
+        Exception: _internal,
+    }
+
+

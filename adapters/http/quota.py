@@ -1,0 +1,81 @@
+"""The caller's quota, from the quota read model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get
+
+from adapters.auth.scopes import LIVE_READ
+from adapters.http.auth import authenticate
+from adapters.http.commands import in_thread, min_position, services_of
+from adapters.http.schemas import READ_PROBLEMS
+from adapters.readmodels import quota_row
+from domain.periods import period_bounds
+
+
+class ActiveSession(msgspec.Struct):
+    session_id: str
+    session_type: str
+    started_at: datetime
+
+
+class QuotaView(msgspec.Struct):
+    plan: str
+    period_start: datetime
+    period_end: datetime
+    limit_seconds: int
+    used_seconds: int
+    remaining_seconds: int
+    max_session_seconds: int
+    active_sessions: list[ActiveSession]
+    as_of: int
+
+
+class QuotaController(Controller):
+    path = "/api/live/quota"
+    tags = ["quota"]
+
+    @get("/", operation_id="getQuota", responses=READ_PROBLEMS, summary="The caller's quota")
+    async def quota(self, request: Request[Any, Any, Any]) -> QuotaView:
+        services = services_of(request)
+        principal = authenticate(request, services, LIVE_READ)
+        wanted = min_position(request)
+
+        def read() -> QuotaView:
+            mark = services.wait_for("quota", wanted)
+            start, end = period_bounds(services.now())
+            with services.read() as conn:
+                row = quota_row(conn, principal.tenant_id, principal.user_id, start)
+            settings = services.settings
+            if row is None:
+                # No usage yet this period: the entitlement of the default plan.
+                limit = settings.plan_seconds(settings.default_plan)
+                return QuotaView(
+                    plan=settings.default_plan,
+                    period_start=start,
+                    period_end=end,
+                    limit_seconds=limit,
+                    used_seconds=0,
+                    remaining_seconds=limit,
+                    max_session_seconds=settings.plans.max_session_seconds,
+                    active_sessions=[],
+                    as_of=mark,
+                )
+            return QuotaView(
+                plan=row["plan"],
+                period_start=row["period_start"],
+                period_end=row["period_end"],
+                limit_seconds=row["limit_seconds"],
+                used_seconds=row["used_seconds"],
+                remaining_seconds=max(0, row["limit_seconds"] - row["used_seconds"]),
+                max_session_seconds=row["max_session_seconds"],
+                active_sessions=[
+                    msgspec.convert(a, ActiveSession, strict=False) for a in row["active"]
+                ],
+                as_of=mark,
+            )
+
+        return await in_thread(read)

@@ -1,0 +1,89 @@
+"""What the controllers need, built once per API process by `build_services`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from adapters.auth.api_keys import load_pepper
+from adapters.auth.bearer import BearerVerifier
+from adapters.auth.service_keys import ServiceKeyChecker
+from adapters.bootstrap import build_application, recorder_of
+from adapters.eventstore.recorder import LiveRecorder
+from adapters.http.problems import Unavailable
+from adapters.readmodels import watermark
+from application.live import LiveApplication
+from application.settings import Settings, parse_database_url
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    live: LiveApplication
+    bearer: BearerVerifier
+    service_keys: ServiceKeyChecker
+    pepper: bytes
+    reads: ConnectionPool[psycopg.Connection[dict[str, Any]]]
+    now: Callable[[], datetime] = utc_now
+
+    @property
+    def recorder(self) -> LiveRecorder:
+        return recorder_of(self.live)
+
+    @contextmanager
+    def read(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        with self.reads.connection() as conn:
+            yield conn
+
+    def wait_for(self, projection: str, min_position: int | None) -> int:
+        """The projection's watermark, after waiting (bounded) for it to reach
+        `min_position` when the client asked to read its own writes."""
+        deadline = time.monotonic() + self.settings.read_wait_seconds
+        while True:
+            with self.read() as conn:
+                mark = int(watermark(conn, projection))
+            if min_position is None or mark >= min_position:
+                return mark
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    f"the {projection} read model has not reached position {min_position} yet",
+                    retry_after=1,
+                )
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.reads.close()
+        self.live.close()
+
+
+def build_services(settings: Settings) -> Services:
+    conninfo = parse_database_url(settings.database_url).conninfo()
+    reads: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=settings.db_pool_size,
+        timeout=5,
+        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
+        check=ConnectionPool.check_connection,
+        open=True,
+    )
+    return Services(
+        settings=settings,
+        live=build_application(settings),
+        bearer=BearerVerifier.from_settings(settings),
+        service_keys=ServiceKeyChecker(settings),
+        pepper=load_pepper(settings),
+        reads=reads,
+    )

@@ -1,0 +1,268 @@
+"""The LiveSession aggregate: started, billed in whole seconds, ended once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from domain.billing import Bill
+from domain.errors import SessionNotActive
+from domain.session import LiveSession
+
+T0 = datetime(2024, 5, 17, 12, 0, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def new_session(
+    *, max_session_seconds: int = 3_600, idle_timeout_seconds: int = 60, started: float = 0
+) -> LiveSession:
+    return LiveSession(
+        tenant_id="tenant-a",
+        user_id="user-1",
+        session_type="voice",
+        started_at=at(started),
+        ledger_id=uuid4(),
+        max_session_seconds=max_session_seconds,
+        idle_timeout_seconds=idle_timeout_seconds,
+        credential="api_key",
+        credential_id="key-1",
+    )
+
+
+def event_names(session: LiveSession) -> list[str]:
+    return [type(e).__name__ for e in session.collect_events()]
+
+
+def heartbeat(session: LiveSession, now: float, remaining: int) -> Bill:
+    b = session.decide_bill(at(now), remaining)
+    session.apply_bill(b)
+    return b
+
+
+def test_started_session_state_and_event() -> None:
+    s = new_session(started=5)
+    assert s.is_active
+    assert s.bill_point == s.started_at == at(5)
+    assert s.session_seconds == 0
+    assert s.ended_at is None and s.end_reason is None
+    assert s.owned_by("tenant-a", "user-1")
+    assert not s.owned_by("tenant-a", "user-2")
+    assert not s.owned_by("tenant-b", "user-1")
+    s.check_active()  # does not raise
+    events = s.collect_events()
+    assert [type(e).__name__ for e in events] == ["Started"]
+    assert isinstance(events[0], LiveSession.Started)
+    assert events[0].originator_version == 1
+
+
+def test_two_sessions_get_distinct_ids() -> None:
+    assert new_session().id != new_session().id
+
+
+def test_heartbeat_bills_and_records_a_billed_event() -> None:
+    s = new_session()
+    s.collect_events()
+    b = heartbeat(s, 15.4, remaining=600)
+    assert b.seconds == 15
+    assert s.session_seconds == 15
+    assert s.bill_point == at(15)
+    assert s.is_active
+    events = s.collect_events()
+    assert len(events) == 1
+    assert isinstance(events[0], LiveSession.Billed)
+    assert events[0].seconds == 15  # type: ignore[attr-defined]
+    assert events[0].bill_point == at(15)  # type: ignore[attr-defined]
+
+
+def test_zero_second_bill_records_nothing() -> None:
+    s = new_session()
+    s.collect_events()
+    b = heartbeat(s, 0.5, remaining=600)
+    assert b.seconds == 0
+    assert s.collect_events() == []
+    assert s.bill_point == at(0)
+
+
+def test_capped_bill_with_no_seconds_still_moves_the_bill_point() -> None:
+    # idle_timeout 0 is degenerate, but it shows that a moved bill point is recorded.
+    s = new_session(idle_timeout_seconds=0)
+    s.collect_events()
+    heartbeat(s, 5, remaining=600)
+    assert s.session_seconds == 0
+    assert s.bill_point == at(5)
+    assert event_names(s) == ["Billed"]
+
+
+def test_heartbeat_reaching_the_quota_ends_the_session_at_the_limit() -> None:
+    s = new_session()
+    heartbeat(s, 15, remaining=20)
+    s.collect_events()
+    b = heartbeat(s, 30.5, remaining=5)
+    assert b.seconds == 5
+    assert s.session_seconds == 20
+    assert not s.is_active
+    assert s.end_reason == "quota_exceeded"
+    assert s.ended_at == at(20)
+    assert event_names(s) == ["Billed", "Ended"]
+    with pytest.raises(SessionNotActive) as exc:
+        s.decide_bill(at(31), 100)
+    assert exc.value.end_reason == "quota_exceeded"
+    assert exc.value.session_id == str(s.id)
+
+
+def test_heartbeat_reaching_max_duration_ends_the_session() -> None:
+    s = new_session(max_session_seconds=30)
+    heartbeat(s, 15, remaining=600)
+    heartbeat(s, 34, remaining=585)
+    assert s.session_seconds == 30
+    assert s.end_reason == "max_duration"
+    assert s.ended_at == at(30)
+
+
+def test_client_end_bills_the_last_gap_and_ends_now() -> None:
+    s = new_session()
+    heartbeat(s, 15, remaining=600)
+    s.collect_events()
+    s.end("client", at(22.75), remaining_quota=585)
+    assert not s.is_active
+    assert s.session_seconds == 22
+    assert s.end_reason == "client"
+    assert s.ended_at == at(22.75)
+    assert event_names(s) == ["Billed", "Ended"]
+    assert s.summary() == {
+        "session_id": str(s.id),
+        "session_type": "voice",
+        "started_at": at(0),
+        "ended_at": at(22.75),
+        "end_reason": "client",
+        "session_seconds": 22,
+    }
+
+
+def test_end_with_nothing_to_bill_records_only_the_end() -> None:
+    s = new_session()
+    s.collect_events()
+    s.end("client_disconnected", at(0.3), remaining_quota=600)
+    assert event_names(s) == ["Ended"]
+    assert s.session_seconds == 0
+    assert s.end_reason == "client_disconnected"
+
+
+def test_end_after_a_limit_was_passed_keeps_the_limit_reason() -> None:
+    s = new_session()
+    s.end("client", at(50), remaining_quota=10)
+    assert s.end_reason == "quota_exceeded"
+    assert s.ended_at == at(10)
+    assert s.session_seconds == 10
+
+
+def test_end_after_a_long_silence_bills_at_most_the_idle_timeout() -> None:
+    s = new_session(idle_timeout_seconds=60)
+    s.end("client", at(1_000), remaining_quota=600)
+    assert s.session_seconds == 60
+    assert s.end_reason == "client"
+
+
+def test_ending_twice_raises_session_not_active_and_changes_nothing() -> None:
+    s = new_session()
+    s.end("client", at(10), remaining_quota=600)
+    s.collect_events()
+    with pytest.raises(SessionNotActive) as exc:
+        s.end("token_revoked", at(20), remaining_quota=600)
+    assert exc.value.end_reason == "client"
+    assert s.end_reason == "client"
+    assert s.ended_at == at(10)
+    assert s.session_seconds == 10
+    assert s.collect_events() == []
+
+
+def test_reap_idle_session_ends_at_the_bill_point() -> None:
+    s = new_session()
+    heartbeat(s, 15.5, remaining=600)
+    assert s.decide_reap(at(74.9), 585) is None
+    s.collect_events()
+    b = s.decide_reap(at(75), 585)
+    assert b is not None
+    s.apply_bill(b)
+    assert s.end_reason == "idle_timeout"
+    assert s.ended_at == at(15)
+    assert s.session_seconds == 15
+    assert event_names(s) == ["Ended"]
+
+
+def test_reap_bills_to_a_limit_inside_the_idle_window() -> None:
+    s = new_session()
+    heartbeat(s, 15, remaining=25)
+    b = s.decide_reap(at(40), 10)
+    assert b is not None
+    s.apply_bill(b)
+    assert s.end_reason == "quota_exceeded"
+    assert s.ended_at == at(25)
+    assert s.session_seconds == 25
+
+
+def test_reap_of_an_ended_session_does_nothing() -> None:
+    s = new_session()
+    s.end("client", at(5), remaining_quota=600)
+    assert s.decide_reap(at(10_000), 600) is None
+
+
+def test_ends_at_uses_the_earlier_limit() -> None:
+    s = new_session(max_session_seconds=100)
+    heartbeat(s, 40, remaining=600)
+    assert s.ends_at(600) == at(100)
+    assert s.ends_at(30) == at(70)
+    assert s.ends_at(0) == at(40)
+
+
+def test_events_replay_to_the_same_state() -> None:
+    s = new_session()
+    heartbeat(s, 15.2, remaining=600)
+    heartbeat(s, 31.9, remaining=585)
+    s.end("client", at(40), remaining_quota=569)
+    events = s.collect_events()
+    assert [type(e).__name__ for e in events] == ["Started", "Billed", "Billed", "Billed", "Ended"]
+    replayed: LiveSession | None = None
+    for e in events:
+        replayed = e.mutate(replayed)  # type: ignore[arg-type]
+    assert replayed is not None
+    assert replayed.summary() == s.summary()
+    assert replayed.bill_point == s.bill_point
+    assert replayed.version == s.version == 5
+
+
+@settings(max_examples=200)
+@given(
+    gaps=st.lists(st.integers(0, 90_000_000), min_size=1, max_size=30),
+    limit=st.integers(0, 1_000),
+    max_session=st.integers(1, 1_000),
+)
+def test_aggregate_never_bills_past_its_limits(
+    gaps: list[int], limit: int, max_session: int
+) -> None:
+    s = new_session(max_session_seconds=max_session)
+    used = 0
+    now = at(0)
+    for g in gaps:
+        now += timedelta(microseconds=g)
+        if not s.is_active:
+            break
+        heartbeat_bill = s.decide_bill(now, limit - used)
+        s.apply_bill(heartbeat_bill)
+        used += heartbeat_bill.seconds
+        assert s.session_seconds == used
+        assert s.bill_point <= now
+    assert used <= limit
+    assert used <= max_session
+    assert used <= int((now - at(0)).total_seconds())
+    if not s.is_active:
+        assert s.end_reason in ("quota_exceeded", "max_duration")
+        assert used == min(limit, max_session)
+        assert s.ended_at == s.bill_point <= now
