@@ -1,0 +1,418 @@
+"""Projection workers: a Kafka consumer group per projection, applying each polled batch to
+its read-model table and its per-partition tracking in one PostgreSQL transaction.
+
+PostgreSQL, not Kafka's committed offsets, is the truth for progress: on assignment each
+partition is sought to the offset after the last one applied there. Rows take an event only
+at the next version of their aggregate, so redelivery and republishing change nothing.
+
+The watermark: a partition's `position` is the highest event position applied from it.
+Each partition holds its aggregates' events in position order (the relay publishes in
+order with one request in flight), so everything at or below it on that partition is
+applied. An idle partition whose consumer position has reached the end offset, measured
+after reading the relay's position R, holds no unapplied event at or below R, so its
+position may rise to R. The minimum over all partitions is then a correct `as_of`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import msgspec
+import psycopg
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
+from psycopg import sql
+from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Jsonb
+
+from adapters.relay.envelope import Envelope, decode
+from adapters.relay.relay import relay_position
+from adapters.relay.topic import TopicMissing, ensure_topic, new_admin, topic_id
+from application.settings import Settings, parse_database_url
+from projections import quota, sessions
+from projections.stream import Step, step
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+POLL_TIMEOUT_MS = 200
+TOPIC_CHECK_SECONDS = 2.0
+RETRY_SECONDS = 1.0
+# Tansu completes a group join only after about half the session timeout, and the
+# rebalance timeout (max poll interval) must be short for the first join to finish.
+CONSUMER_GROUP_CONFIG: dict[str, Any] = {
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "max_poll_interval_ms": 10000,
+    "auto_offset_reset": "earliest",
+    "enable_auto_commit": False,
+}
+
+
+@dataclass(frozen=True)
+class ProjectionSpec(Generic[R]):
+    """Where a pure projection's rows live: one row per aggregate, keyed by its id."""
+
+    table: str
+    key: str
+    row_type: type[R]
+    aggregate_type: str
+    apply: Callable[[R | None, Envelope], R | None]
+
+
+PROJECTIONS: dict[str, ProjectionSpec[Any]] = {
+    "quota": ProjectionSpec("rm_quota", "ledger_id", quota.QuotaRow, quota.AGGREGATE_TYPE,
+                            quota.apply),
+    "sessions": ProjectionSpec("rm_sessions", "session_id", sessions.SessionRow,
+                               sessions.AGGREGATE_TYPE, sessions.apply),
+}
+
+
+class TopicRecreated(Exception):
+    pass
+
+
+def projection_watermark(conn: psycopg.Connection[Any], name: str) -> int:
+    """Every event at or below this position has been applied by the projection (0 until
+    every partition of the topic has a tracking row, which the projector creates)."""
+    # A tuple cursor: callers' connections may use any row factory.
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(
+            "SELECT count(*), coalesce(min(position), 0) FROM projection_partitions "
+            "WHERE projection = %s",
+            (name,),
+        ).fetchone()
+    return int(row[1]) if row and row[0] else 0
+
+
+class Projector:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        projection: ProjectionSpec[Any] | None = None,
+        *,
+        group_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.spec = projection if projection is not None else PROJECTIONS[name]
+        self.topic = settings.kafka_topic
+        self.group_id = group_id or f"xentree-live.{name}"
+        self._conn: psycopg.Connection[Any] | None = None
+        self._admin: KafkaAdminClient | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._topic_id: str | None = None
+        self._topic_checked_at = 0.0
+        # partition -> (position, kafka_offset) as last recorded, for the idle step.
+        self._progress: dict[int, tuple[int, int]] = {}
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    self.poll_once()
+                except TopicRecreated:
+                    log.warning("topic %s was recreated: %s re-consumes it from the start",
+                                self.topic, self.name)
+                    self._reset()
+                except Exception:
+                    log.exception("projection %s failed; retrying", self.name)
+                    self._reset()
+                    stop.wait(RETRY_SECONDS)
+        finally:
+            self.close()
+
+    def poll_once(self) -> int:
+        """Apply one polled batch (or advance idle partitions); the number of records."""
+        consumer = self._consumer_()
+        polled = consumer.poll(
+            timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.projection_batch_size
+        )
+        if not polled:
+            self._advance_idle(consumer)
+            return 0
+        self.apply_records(polled)
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            for tp, records in polled.items()
+        }
+        try:
+            consumer.commit(offsets)
+        except Exception:
+            # Informational only: progress is read back from PostgreSQL.
+            log.debug("committing offsets of %s to Kafka failed", self.name, exc_info=True)
+        if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
+            self._check_topic()
+        return sum(len(records) for records in polled.values())
+
+    def close(self) -> None:
+        self._reset()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ---- applying -------------------------------------------------------------------
+
+    def apply_records(self, polled: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+        """Apply a batch and record each partition's progress, in one transaction."""
+        envelopes: list[Envelope] = []
+        progress: dict[int, tuple[int, int]] = {}
+        for tp, records in polled.items():
+            position = self._progress.get(tp.partition, (0, -1))[0]
+            for record in records:
+                try:
+                    envelope = decode(record.value)
+                except msgspec.DecodeError:
+                    log.error("skipping undecodable message %s@%d", tp, record.offset)
+                    continue
+                envelopes.append(envelope)
+                position = max(position, envelope.position)
+            progress[tp.partition] = (position, records[-1].offset)
+        conn = self._connection()
+        with conn.transaction():
+            self._apply(conn, envelopes)
+            self._record_progress(conn, progress)
+        self._progress.update(progress)
+
+    def _apply(self, conn: psycopg.Connection[Any], envelopes: Iterable[Envelope]) -> None:
+        spec = self.spec
+        relevant = [e for e in envelopes if e.aggregatetype == spec.aggregate_type]
+        if not relevant:
+            return
+        rows = self._load_rows(conn, {UUID(e.subject) for e in relevant})
+        changed: dict[UUID, Any] = {}
+        for envelope in relevant:
+            key = UUID(envelope.subject)
+            current = rows.get(key)
+            new = spec.apply(current, envelope)
+            if new is None:
+                version = current.version if current is not None else None
+                if step(version, envelope.aggregateversion) is Step.GAP:
+                    log.error("%s: event %s arrived before version %s of its aggregate",
+                              self.name, envelope.id, (version or 0) + 1)
+                continue
+            rows[key] = changed[key] = new
+        self._save_rows(conn, changed)
+
+    def _load_rows(self, conn: psycopg.Connection[Any], keys: set[UUID]) -> dict[UUID, Any]:
+        spec = self.spec
+        query = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s) FOR UPDATE").format(
+            sql.Identifier(spec.table), sql.Identifier(spec.key)
+        )
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query, (list(keys),))
+            loaded = cur.fetchall()
+        rows: dict[UUID, Any] = {}
+        for row in loaded:
+            key = row.pop(spec.key)
+            rows[key] = msgspec.convert(row, spec.row_type)
+        return rows
+
+    def _save_rows(self, conn: psycopg.Connection[Any], rows: Mapping[UUID, Any]) -> None:
+        if not rows:
+            return
+        spec = self.spec
+        fields = list(spec.row_type.__struct_fields__)
+        query = sql.SQL(
+            "INSERT INTO {table} ({key}, {columns}) VALUES ({values}) "
+            "ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        ).format(
+            table=sql.Identifier(spec.table),
+            key=sql.Identifier(spec.key),
+            columns=sql.SQL(", ").join(map(sql.Identifier, fields)),
+            values=sql.SQL(", ").join(sql.Placeholder() * (len(fields) + 1)),
+            updates=sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(f)) for f in fields
+            ),
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                query, [(key, *(_column(getattr(row, f)) for f in fields)) for key, row in
+                        rows.items()]
+            )
+
+    def _record_progress(
+        self, conn: psycopg.Connection[Any], progress: Mapping[int, tuple[int, int]]
+    ) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO projection_partitions AS p "
+                "(projection, partition, position, kafka_offset, topic_id) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (projection, partition) DO UPDATE SET "
+                "position = GREATEST(p.position, EXCLUDED.position), "
+                "kafka_offset = CASE WHEN p.topic_id IS DISTINCT FROM EXCLUDED.topic_id "
+                "THEN EXCLUDED.kafka_offset "
+                "ELSE GREATEST(p.kafka_offset, EXCLUDED.kafka_offset) END, "
+                "topic_id = EXCLUDED.topic_id, updated_at = now()",
+                [
+                    (self.name, partition, position, offset, self._topic_id)
+                    for partition, (position, offset) in progress.items()
+                ],
+            )
+
+    # ---- the idle watermark step ----------------------------------------------------
+
+    def _advance_idle(self, consumer: KafkaConsumer) -> None:
+        assigned: set[TopicPartition] = consumer.assignment()
+        if not assigned:
+            return
+        conn = self._connection()
+        relayed = relay_position(conn, self.topic)  # read before the end offsets
+        behind = [tp for tp in assigned if self._progress.get(tp.partition, (0, -1))[0] < relayed]
+        if not behind:
+            if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
+                self._check_topic()
+            return
+        # The end offsets and our positions must be of the topic we consume: a recreated
+        # topic's offsets say nothing about what we applied from the old one.
+        self._check_topic()
+        ends: dict[TopicPartition, int] = consumer.end_offsets(behind)
+        self._check_topic()
+        caught_up = [tp.partition for tp in behind if consumer.position(tp) >= ends[tp]]
+        if not caught_up:
+            return
+        conn.execute(
+            "UPDATE projection_partitions SET position = GREATEST(position, %s), "
+            "updated_at = now() WHERE projection = %s AND partition = ANY(%s)",
+            (relayed, self.name, caught_up),
+        )
+        for partition in caught_up:
+            position, offset = self._progress.get(partition, (0, -1))
+            self._progress[partition] = (max(position, relayed), offset)
+
+    # ---- the topic and the consumer -------------------------------------------------
+
+    def _check_topic(self) -> None:
+        self._topic_checked_at = time.monotonic()
+        try:
+            current = topic_id(self._admin_(), self.topic)
+        except TopicMissing:
+            current = None
+        if current != self._topic_id:
+            raise TopicRecreated(self.topic)
+
+    def _consumer_(self) -> KafkaConsumer:
+        if self._consumer is not None:
+            return self._consumer
+        admin = self._admin_()
+        # Created here too, so projectors may start before the first relay.
+        self._topic_id = ensure_topic(admin, self.topic, self.settings.kafka_partitions)
+        self._topic_checked_at = time.monotonic()
+        partitions = len(admin.describe_topics([self.topic])[0]["partitions"])
+        self._prepare_tracking(partitions)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id=f"xentree-live-{self.name}",
+            max_poll_records=self.settings.projection_batch_size,
+            **CONSUMER_GROUP_CONFIG,
+        )
+        consumer.subscribe([self.topic], listener=_SeekFromTracking(self, consumer))
+        self._consumer = consumer
+        return consumer
+
+    def _prepare_tracking(self, partitions: int) -> None:
+        """One tracking row per partition of the topic, so the watermark stays 0 until
+        every partition has been followed."""
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute(
+                "DELETE FROM projection_partitions WHERE projection = %s AND partition >= %s",
+                (self.name, partitions),
+            )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO projection_partitions (projection, partition) VALUES (%s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [(self.name, p) for p in range(partitions)],
+                )
+
+    def seek_from_tracking(
+        self, consumer: KafkaConsumer, assigned: Iterable[TopicPartition]
+    ) -> None:
+        """Resume each partition after the last offset applied from this same topic."""
+        rows = self._connection().execute(
+            "SELECT partition, position, kafka_offset, topic_id FROM projection_partitions "
+            "WHERE projection = %s",
+            (self.name,),
+        ).fetchall()
+        tracked = {int(p): (int(pos), int(off), tid) for p, pos, off, tid in rows}
+        for tp in assigned:
+            position, offset, tid = tracked.get(tp.partition, (0, -1, None))
+            same_topic = tid is not None and tid == self._topic_id
+            self._progress[tp.partition] = (position, offset if same_topic else -1)
+            if same_topic and offset >= 0:
+                consumer.seek(tp, offset + 1)
+            else:
+                consumer.seek_to_beginning(tp)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                parse_database_url(self.settings.database_url).conninfo(),
+                autocommit=True,
+                connect_timeout=5,
+            )
+        return self._conn
+
+    def _admin_(self) -> KafkaAdminClient:
+        if self._admin is None:
+            self._admin = new_admin(self.settings.kafka_bootstrap, f"xentree-live-{self.name}")
+        return self._admin
+
+    def _reset(self) -> None:
+        consumer, admin = self._consumer, self._admin
+        self._consumer = self._admin = None
+        self._progress.clear()
+        for client in (consumer, admin):
+            if client is None:
+                continue
+            try:
+                client.close()
+            except Exception:
+                log.debug("closing a Kafka client of %s failed", self.name, exc_info=True)
+
+
+class _SeekFromTracking(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector, consumer: KafkaConsumer) -> None:
+        self._projector = projector
+        self._consumer = consumer
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        """Nothing to hand over: every applied batch is already committed in PostgreSQL."""
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._projector.seek_from_tracking(self._consumer, assigned)
+
+
+def _column(value: Any) -> Any:
+    if isinstance(value, tuple | list | dict):
+        return Jsonb(msgspec.to_builtins(value))
+    return value
+
+
+def run_projectors(
+    settings: Settings, stop: threading.Event, names: Sequence[str] = ("quota", "sessions")
+) -> None:
+    """Run one consumer per projection, each in its own thread, until `stop` is set."""
+    threads = [
+        threading.Thread(
+            target=Projector(settings, name).run_forever, args=(stop,), name=f"project-{name}"
+        )
+        for name in names
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

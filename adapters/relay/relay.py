@@ -1,0 +1,262 @@
+"""The relay: follows the notification log in commit order and publishes each event to
+Kafka, keyed by its aggregate, recording how far it got in PostgreSQL.
+
+At least once, never skipping: the position is saved only after the broker acknowledged
+the whole batch, so a crash republishes the unsaved tail (consumers dedupe by envelope id).
+One relay per topic is active at a time, holding a session-level advisory lock on its own
+connection; standbys wait for that lock. The same connection LISTENs for the recorder's
+NOTIFY and writes the position, so a relay whose connection (and with it the lock) is gone
+cannot record progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import Notification
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.admin import OffsetSpec
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from adapters.bootstrap import build_application, recorder_of
+from adapters.relay.envelope import Owners, encode, to_envelope
+from adapters.relay.topic import ensure_topic, new_admin
+from application.live import LiveApplication
+from application.settings import Settings, parse_database_url
+
+log = logging.getLogger(__name__)
+
+FLUSH_TIMEOUT_SECONDS = 30.0
+RETRY_SECONDS = 1.0
+HEADERS = [("content-type", b"application/cloudevents+json")]
+
+
+def relay_lock_key(topic: str) -> int:
+    """A stable 64-bit advisory lock key per topic, so relays of other topics never wait."""
+    digest = hashlib.sha256(f"xentree-live.relay\x00{topic}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def relay_position(conn: psycopg.Connection[Any], topic: str) -> int:
+    """How far the relay has published to `topic` (0 before it starts)."""
+    with conn.cursor(row_factory=tuple_row) as cur:  # callers' connections may use any
+        row = cur.execute(
+            "SELECT position FROM relay_position WHERE topic = %s", (topic,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class Relay:
+    def __init__(self, settings: Settings, app: LiveApplication) -> None:
+        self.settings = settings
+        self.app = app
+        self.topic = settings.kafka_topic
+        self._owners = Owners(self._first_event)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._producer: KafkaProducer | None = None
+        self._admin: KafkaAdminClient | None = None
+        self._active = threading.Event()
+
+    @property
+    def active(self) -> bool:
+        """True while this relay holds the lock (is the one publishing)."""
+        return self._active.is_set()
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    if self._acquire_lock():
+                        self._follow(stop)
+                    else:
+                        stop.wait(self.settings.relay_poll_seconds)
+                except Exception:
+                    # Broker or database trouble: start over with new clients, which is
+                    # also what a recreated topic or a restarted server needs.
+                    log.exception("relay to %s failed; retrying", self.topic)
+                    self._reset()
+                    stop.wait(RETRY_SECONDS)
+        finally:
+            self.close()
+
+    def _follow(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self.run_once() < self.settings.relay_batch_size:
+                self._wait_for_notify()
+
+    def run_once(self) -> int:
+        """Publish the next batch after the saved position; the number of events published."""
+        conn = self._connection()
+        topic_id = self._topic_id()
+        position = self._start_position(conn, topic_id)
+        notifications = self.app.recorder.select_notifications(
+            position, self.settings.relay_batch_size, inclusive_of_start=False
+        )
+        if not notifications:
+            return 0
+        self._publish(notifications)
+        conn.execute(
+            "UPDATE relay_position SET position = %s, topic_id = %s, updated_at = now() "
+            "WHERE topic = %s",
+            (notifications[-1].id, topic_id, self.topic),
+        )
+        return len(notifications)
+
+    def close(self) -> None:
+        self._reset()
+
+    # ---- steps ----------------------------------------------------------------------
+
+    def _start_position(self, conn: psycopg.Connection[Any], topic_id: str | None) -> int:
+        row = conn.execute(
+            "SELECT position, topic_id FROM relay_position WHERE topic = %s", (self.topic,)
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO relay_position (topic, position, topic_id) VALUES (%s, 0, %s) "
+                "ON CONFLICT DO NOTHING",
+                (self.topic, topic_id),
+            )
+            return 0
+        position, stored_id = int(row[0]), row[1]
+        recreated = (
+            stored_id != topic_id
+            if topic_id is not None and stored_id is not None
+            else position > 0 and self._topic_is_empty()
+        )
+        if recreated:
+            log.warning(
+                "topic %s was recreated (id %s -> %s): republishing from the start",
+                self.topic, stored_id, topic_id,
+            )
+            conn.execute(
+                "UPDATE relay_position SET position = 0, topic_id = %s, updated_at = now() "
+                "WHERE topic = %s",
+                (topic_id, self.topic),
+            )
+            return 0
+        return position
+
+    def _publish(self, notifications: Sequence[Notification]) -> None:
+        producer = self._producer_()
+        futures = []
+        for n in notifications:
+            event = self.app.mapper.to_domain_event(n)
+            owner = self._owners.resolve(n.originator_id, n.originator_version, event)
+            futures.append(
+                producer.send(
+                    self.topic,
+                    key=str(n.originator_id).encode(),
+                    value=encode(to_envelope(n, event, owner)),
+                    headers=HEADERS,
+                )
+            )
+        producer.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+        for f in futures:
+            f.get(timeout=0)  # raises the send's error, if any
+
+    def _first_event(self, originator_id: UUID | str) -> object | None:
+        stored = self.app.recorder.select_events(originator_id, lte=1)
+        return self.app.mapper.to_domain_event(stored[0]) if stored else None
+
+    def _topic_is_empty(self) -> bool:
+        """For brokers without topic ids: a topic holding nothing although we published to
+        it has been recreated."""
+        admin = self._admin_()
+        partitions = [
+            TopicPartition(self.topic, p["partition_index"])
+            for t in admin.describe_topics([self.topic])
+            for p in t["partitions"]
+        ]
+        offsets = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
+        return all(o.offset == 0 for o in offsets.values())
+
+    # ---- connections ----------------------------------------------------------------
+
+    def _acquire_lock(self) -> bool:
+        conn = self._connection()
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(%s)", (relay_lock_key(self.topic),)
+        ).fetchone()
+        if not (row and row[0]):
+            return False
+        channel = sql.Identifier(recorder_of(self.app).channel_name)
+        conn.execute(sql.SQL("LISTEN {}").format(channel))
+        self._active.set()
+        log.info("relay to %s is active", self.topic)
+        return True
+
+    def _wait_for_notify(self) -> None:
+        conn = self._connection()
+        for _ in conn.notifies(timeout=self.settings.relay_poll_seconds, stop_after=1):
+            pass
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._active.clear()
+            self._conn = psycopg.connect(
+                parse_database_url(self.settings.database_url).conninfo(),
+                autocommit=True,
+                connect_timeout=5,
+            )
+        return self._conn
+
+    def _topic_id(self) -> str | None:
+        return ensure_topic(self._admin_(), self.topic, self.settings.kafka_partitions)
+
+    def _admin_(self) -> KafkaAdminClient:
+        if self._admin is None:
+            self._admin = new_admin(self.settings.kafka_bootstrap, "xentree-live-relay")
+        return self._admin
+
+    def _producer_(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                client_id="xentree-live-relay",
+                acks="all",
+                # An idempotent producer wedges (UnknownProducerId) when the broker forgets
+                # its state; we dedupe downstream by envelope id instead.
+                enable_idempotence=False,
+                # One request in flight keeps each partition in position order on retries.
+                max_in_flight_requests_per_connection=1,
+                linger_ms=5,
+                request_timeout_ms=10_000,
+                delivery_timeout_ms=25_000,
+            )
+        return self._producer
+
+    def _reset(self) -> None:
+        """Drop every client; closing the connection releases the lock for a standby."""
+        self._active.clear()
+        producer, admin, conn = self._producer, self._admin, self._conn
+        self._producer = self._admin = self._conn = None
+        for close in (
+            (lambda: producer.close(timeout=1)) if producer else None,
+            admin.close if admin else None,
+            conn.close if conn else None,
+        ):
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:
+                log.debug("closing a relay client failed", exc_info=True)
+
+
+def run_relay(settings: Settings, stop: threading.Event) -> None:
+    """Run a relay (active or standby) until `stop` is set."""
+    app = build_application(settings)
+    try:
+        Relay(settings, app).run_forever(stop)
+    finally:
+        app.close()

@@ -1,0 +1,254 @@
+"""The Kafka-fed quota and sessions projections on real PostgreSQL and Tansu."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from adapters.bootstrap import build_application
+from adapters.eventstore.schema import migrate
+from adapters.projector.runner import Projector, projection_watermark
+from adapters.readmodels import quota_row, session_row, session_rows, watermark
+from adapters.relay.relay import Relay
+from application.live import LiveApplication
+from application.principal import Principal
+from application.settings import Settings
+from domain.ids import ledger_id
+from domain.ledger import UsageLedger
+from domain.periods import period_bounds
+from domain.session import LiveSession
+from ops.stack import EmbeddedKafka
+from tests.support.clock import Clock
+from tests.support.waiting import running, wait_until
+
+NAMES = ("quota", "sessions")
+
+
+@pytest.fixture
+def settings(database_url: str, kafka_bootstrap: str, fresh_topic: str) -> Settings:
+    s = Settings(
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        kafka_topic=fresh_topic,
+        relay_poll_seconds=0.2,
+    )
+    migrate(s)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Read models are derived: each test starts them empty on its own topic.
+        conn.execute("DELETE FROM rm_quota; DELETE FROM rm_sessions;")
+        conn.execute("DELETE FROM projection_partitions")
+    return s
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[LiveApplication]:
+    a = build_application(settings)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def relay(settings: Settings, app: LiveApplication) -> Iterator[Relay]:
+    r = Relay(settings, app)
+    with running(r.run_forever):
+        yield r
+
+
+@pytest.fixture
+def conn(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(settings.database_url, autocommit=True) as c:
+        yield c
+
+
+def projectors(settings: Settings) -> list[Projector]:
+    group = secrets.token_hex(4)
+    return [Projector(settings, name, group_id=f"xentree-live.{name}.{group}") for name in NAMES]
+
+
+class Running:
+    """Both projectors, each in its own thread, as `xentree-live project` runs them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=p.run_forever, args=(self.stop,), daemon=True)
+            for p in projectors(settings)
+        ]
+
+    def __enter__(self) -> Running:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
+def user() -> Principal:
+    return Principal(
+        tenant_id=f"t-{secrets.token_hex(4)}",
+        user_id=f"u-{secrets.token_hex(4)}",
+        scopes=frozenset({"live:read", "live:write"}),
+        credential="bearer",
+    )
+
+
+def body(answer: Any) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.json.decode(answer.body)
+    return result
+
+
+def activity(app: LiveApplication, users: int = 3) -> tuple[list[tuple[Principal, str]], int]:
+    """Each user runs one finished and one still active session."""
+    sessions, last = [], 0
+    for _ in range(users):
+        p, clock = user(), Clock()
+        sid = body(app.start_session(p, "voice", clock))["session_id"]
+        clock.advance(12.5)
+        app.heartbeat(p, sid, clock)
+        clock.advance(3)
+        app.end_session(p, sid, "client", clock)
+        sid2 = body(app.start_session(p, "avatar", clock))["session_id"]
+        clock.advance(20)
+        answer = app.heartbeat(p, sid2, clock)
+        assert answer.position is not None
+        sessions += [(p, sid), (p, sid2)]
+        last = answer.position
+    return sessions, last
+
+
+def caught_up(conn: psycopg.Connection[Any], position: int) -> bool:
+    return all(projection_watermark(conn, name) >= position for name in NAMES)
+
+
+def head(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT coalesce(max(notification_id), 0) FROM xentree_live_events")
+    return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[dict[str, Any]]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {
+            "quota": cur.execute("SELECT * FROM rm_quota ORDER BY ledger_id").fetchall(),
+            "sessions": cur.execute("SELECT * FROM rm_sessions ORDER BY session_id").fetchall(),
+        }
+
+
+def test_rows_equal_the_aggregates(
+    settings: Settings, app: LiveApplication, relay: Relay, conn: psycopg.Connection[Any]
+) -> None:
+    assert watermark(conn, "quota") == 0  # no partition followed yet
+    sessions, last = activity(app)
+    with Running(settings):
+        wait_until(lambda: caught_up(conn, last), 25, "the projections to catch up")
+    for p, sid in sessions:
+        agg = app.repository.get(UUID(sid))
+        assert isinstance(agg, LiveSession)
+        row = session_row(conn, p.tenant_id, p.user_id, sid)
+        assert row is not None
+        assert (row["session_seconds"], row["ended_at"], row["end_reason"]) == (
+            agg.session_seconds, agg.ended_at, agg.end_reason
+        )
+        assert (row["started_at"], row["last_billed_at"], row["version"]) == (
+            agg.started_at, agg.bill_point, agg.version
+        )
+        assert session_row(conn, "another-tenant", p.user_id, sid) is None
+        start = period_bounds(agg.started_at)[0]
+        ledger = app.repository.get(ledger_id(p.tenant_id, p.user_id, start))
+        assert isinstance(ledger, UsageLedger)
+        quota = quota_row(conn, p.tenant_id, p.user_id, start)
+        assert quota is not None
+        assert (quota["used_seconds"], quota["limit_seconds"], quota["plan"]) == (
+            ledger.used_seconds, ledger.limit_seconds, ledger.plan
+        )
+        assert [a["session_id"] for a in quota["active"]] == list(ledger.active)
+        assert quota["version"] == ledger.version
+    # The session list: newest first, by keyset pages.
+    p = sessions[0][0]
+    first = session_rows(conn, p.tenant_id, p.user_id, 1)
+    rest = session_rows(
+        conn, p.tenant_id, p.user_id, 5, (first[0]["started_at"], str(first[0]["session_id"]))
+    )
+    assert [str(r["session_id"]) for r in first + rest] == [sessions[1][1], sessions[0][1]]
+
+
+def test_redelivery_and_rebuild_give_the_same_rows(
+    settings: Settings, app: LiveApplication, relay: Relay, conn: psycopg.Connection[Any]
+) -> None:
+    _, last = activity(app)
+    with Running(settings):
+        wait_until(lambda: caught_up(conn, last), 25, "the projections to catch up")
+    live = snapshot(conn)
+    assert live["quota"] and live["sessions"]
+
+    # Redelivery: forget the progress, keep the rows; every message is applied again.
+    conn.execute("DELETE FROM projection_partitions")
+    with Running(settings):
+        wait_until(lambda: caught_up(conn, head(conn)), 25, "the re-consumption")
+    assert snapshot(conn) == live
+
+    # Rebuild: drop the rows too, and reconsume the topic from its start.
+    conn.execute("DELETE FROM rm_quota; DELETE FROM rm_sessions; DELETE FROM projection_partitions")
+    with Running(settings):
+        wait_until(lambda: caught_up(conn, head(conn)), 25, "the rebuild")
+    assert snapshot(conn) == live
+
+
+def test_the_watermark_never_claims_an_unapplied_event(
+    settings: Settings, app: LiveApplication, relay: Relay, conn: psycopg.Connection[Any]
+) -> None:
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    checked = 0
+    with Running(settings):
+        wait_until(lambda: caught_up(conn, 1), 25, "the projections to start")
+        for _ in range(40):
+            clock.advance(1)
+            answer = app.heartbeat(p, sid, clock)
+            mark = watermark(conn, "sessions")
+            row = session_row(conn, p.tenant_id, p.user_id, sid)
+            # How many of the session's events lie at or below the watermark.
+            below = conn.execute(
+                "SELECT count(*) FROM xentree_live_events "
+                "WHERE originator_id = %s AND notification_id <= %s",
+                (UUID(sid), mark),
+            ).fetchone()
+            assert below is not None
+            if below[0]:
+                assert row is not None and row["version"] >= below[0]
+                checked += 1
+        assert answer.position is not None
+        final = answer.position
+        wait_until(lambda: watermark(conn, "sessions") >= final, 10, "the last heartbeat")
+    row = session_row(conn, p.tenant_id, p.user_id, sid)
+    assert row is not None and row["session_seconds"] == 40
+    assert checked > 0
+
+
+def test_projections_follow_a_recreated_topic(
+    settings: Settings,
+    app: LiveApplication,
+    relay: Relay,
+    conn: psycopg.Connection[Any],
+    kafka_broker: EmbeddedKafka,
+) -> None:
+    _, before = activity(app, 1)
+    with Running(settings):
+        wait_until(lambda: caught_up(conn, before), 25, "the projections to catch up")
+        kafka_broker.restart()
+        sessions, after = activity(app, 1)
+        wait_until(lambda: caught_up(conn, after), 25, "the projections after the restart")
+    p, sid = sessions[-1]
+    row = session_row(conn, p.tenant_id, p.user_id, sid)
+    agg = app.repository.get(UUID(sid))
+    assert row is not None and row["session_seconds"] == agg.session_seconds == 20
