@@ -16,7 +16,7 @@ import pytest
 from adapters.auth.dev_issuer import DevIssuer
 from application.settings import load_settings
 from ops.stack import free_port, wait_for_http
-from tests.support.services import start_app_processes, unique_topic_name
+from tests.support.services import scratch_database, start_app_processes, unique_topic_name
 
 CLI = str(Path(sys.executable).parent / "xentree-live")
 
@@ -69,6 +69,14 @@ class User:
 
 @pytest.fixture(scope="session")
 def stack(
+    database_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    # A database of its own: the stack's reaper must not end other tests' sessions.
+    with scratch_database(database_url) as own_database:
+        yield from _run_stack(own_database, kafka_bootstrap, tmp_path_factory)
+
+
+def _run_stack(
     database_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("state")
