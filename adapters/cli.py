@@ -69,7 +69,9 @@ def cmd_relay(settings: Settings, _args: argparse.Namespace) -> str:
 def cmd_project(settings: Settings, args: argparse.Namespace) -> str:
     from adapters.projector.runner import run_projectors
 
-    names = tuple(args.projection) if args.projection else ("quota", "sessions")
+    names = tuple(args.projection) if args.projection else (
+        "quota", "sessions", "profile", "transcripts"
+    )
     run_projectors(settings, _stop_on_signals(), names=names)
     return "projectors stopped"
 
@@ -139,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     api.set_defaults(run=cmd_api)
     sub.add_parser("relay", help="publish stored events to Kafka").set_defaults(run=cmd_relay)
     project = sub.add_parser("project", help="run the Kafka-fed projections")
-    project.add_argument("projection", nargs="*", help="quota, sessions (default: all)")
+    project.add_argument(
+        "projection", nargs="*", help="quota, sessions, profile, transcripts (default: all)"
+    )
     project.set_defaults(run=cmd_project)
     sub.add_parser("reaper", help="end idle and over-limit sessions").set_defaults(
         run=cmd_reaper
@@ -177,6 +181,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # kafka-python narrates every connection and rebalance at INFO.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
