@@ -209,8 +209,9 @@ class LiveApplication(Application[UUID]):
             ledger = self._ledger_of(session)
             if not session.is_active:
                 raise self._not_active_error(session, ledger)
-            bill = session.decide_bill(now(), ledger.remaining_seconds)
-            session.apply_bill(bill)
+            at = now()
+            bill = session.decide_bill(at, ledger.remaining_seconds)
+            session.apply_bill(bill, seen_at=at)
             ledger.charge(session_id, bill.seconds, ended=bill.end_reason is not None)
             if bill.end_reason is not None:
                 # The session ended on this heartbeat: saved, then the client is told why.

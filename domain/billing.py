@@ -107,22 +107,26 @@ def reap_decision(
     remaining_quota: int,
     session_seconds: int,
     max_session_seconds: int,
+    last_seen: datetime | None = None,
 ) -> Bill | None:
     """What the reaper does with an active session at `now`, or None to leave it.
 
-    A session whose limit falls within the idle window was still live when it ran out:
-    it is billed exactly to the limit. Otherwise a session silent for the idle timeout
-    ends at its last bill point, with nothing more billed.
+    `last_seen` is the last heartbeat (the bill point when not given); the idle window runs
+    from there. A session whose limit falls within the idle window was still live when it
+    ran out: it is billed exactly to the limit. Otherwise a session silent for the idle
+    timeout ends at its last bill point, with nothing more billed.
     """
+    seen = bill_point if last_seen is None else max(last_seen, bill_point)
+    live_until = seen + timedelta(seconds=idle_timeout_seconds)
     allowed, reason = seconds_allowed(
         remaining_quota=remaining_quota,
         session_seconds=session_seconds,
         max_session_seconds=max_session_seconds,
     )
     limit_at = bill_point + timedelta(seconds=allowed)
-    if allowed <= idle_timeout_seconds and now >= limit_at:
+    if limit_at <= live_until and now >= limit_at:
         return Bill(seconds=allowed, bill_point=limit_at, end_reason=reason, ended_at=limit_at)
-    if (now - bill_point).total_seconds() >= idle_timeout_seconds:
+    if now >= live_until:
         return Bill(
             seconds=0, bill_point=bill_point, end_reason="idle_timeout", ended_at=bill_point
         )

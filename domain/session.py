@@ -39,6 +39,9 @@ class LiveSession(Aggregate):
         self.credential = credential
         self.credential_id = credential_id
         self.bill_point = started_at
+        # The last heartbeat: the idle window runs from here (the bill point may trail it
+        # by the fraction of a second not yet billed).
+        self.last_seen = started_at
         self.session_seconds = 0
         self.ended_at: datetime | None = None
         self.end_reason: str | None = None
@@ -63,7 +66,13 @@ class LiveSession(Aggregate):
         )
 
     def decide_bill(self, now: datetime, remaining_quota: int) -> Bill:
+        """The bill of a heartbeat (or end) at `now`. A session already silent for the
+        idle timeout is over, exactly as if the reaper had come first: a late heartbeat
+        cannot revive it, so the outcome never depends on which of the two runs first."""
         self.check_active()
+        overdue = self.decide_reap(now, remaining_quota)
+        if overdue is not None:
+            return overdue
         return bill_gap(
             bill_point=self.bill_point,
             now=now,
@@ -83,13 +92,18 @@ class LiveSession(Aggregate):
             remaining_quota=remaining_quota,
             session_seconds=self.session_seconds,
             max_session_seconds=self.max_session_seconds,
+            last_seen=self.last_seen,
         )
 
-    def apply_bill(self, bill: Bill) -> None:
+    def apply_bill(self, bill: Bill, seen_at: datetime | None = None) -> None:
         """Record a bill decided by `decide_bill`/`decide_reap` (ending the session if it
         reached a limit). A zero-second bill that moves nothing records nothing."""
-        if bill.seconds > 0 or bill.bill_point != self.bill_point:
-            self._billed(seconds=bill.seconds, bill_point=bill.bill_point)
+        seen_moves = (
+            bill.end_reason is None and seen_at is not None and seen_at > self.last_seen
+        )
+        if bill.seconds > 0 or bill.bill_point != self.bill_point or seen_moves:
+            at = seen_at if bill.end_reason is None and seen_at is not None else bill.bill_point
+            self._billed(seconds=bill.seconds, bill_point=bill.bill_point, at=at)
         if bill.end_reason is not None and bill.ended_at is not None:
             self._ended(reason=bill.end_reason, ended_at=bill.ended_at)
 
@@ -103,9 +117,10 @@ class LiveSession(Aggregate):
         self.apply_bill(bill)
 
     @event("Billed")
-    def _billed(self, *, seconds: int, bill_point: datetime) -> None:
+    def _billed(self, *, seconds: int, bill_point: datetime, at: datetime) -> None:
         self.session_seconds += seconds
         self.bill_point = bill_point
+        self.last_seen = max(self.last_seen, at)
 
     @event("Ended")
     def _ended(self, *, reason: str, ended_at: datetime) -> None:

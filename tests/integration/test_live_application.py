@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import msgspec
 import psycopg
@@ -75,17 +76,34 @@ def test_lifecycle_bills_whole_server_seconds(app: LiveApplication) -> None:
 def test_quota_runs_out_exactly_at_the_limit(app: LiveApplication) -> None:
     p, clock = user(), Clock()
     sid = body(app.start_session(p, "avatar", clock))["session_id"]
-    clock.advance(250)  # capped by idle timeout 60 → 60 billed
-    assert body(app.heartbeat(p, sid, clock))["session_seconds"] == 60
+    clock.advance(59.5)
+    assert body(app.heartbeat(p, sid, clock))["session_seconds"] == 59
     clock.advance(55)
     with pytest.raises(QuotaExceeded):
-        app.heartbeat(p, sid, clock)  # 40 left: billed exactly 40, then ended
+        app.heartbeat(p, sid, clock)  # 41 left: billed exactly 41, then ended
     view = app.session_view(p, sid)
     assert view["end_reason"] == "quota_exceeded" and view["session_seconds"] == 100
     with pytest.raises(QuotaExceeded):
         app.heartbeat(p, sid, clock)  # and the next heartbeat learns why
     with pytest.raises(QuotaExceeded):
         app.start_session(p, "voice", clock)
+
+
+def test_a_heartbeat_after_the_idle_timeout_finds_the_session_ended(
+    app: LiveApplication,
+) -> None:
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    clock.advance(20.4)
+    app.heartbeat(p, sid, clock)
+    clock.advance(60)
+    with pytest.raises(SessionNotActive) as err:
+        app.heartbeat(p, sid, clock)
+    assert err.value.end_reason == "idle_timeout"
+    view = app.session_view(p, sid)
+    assert view["session_seconds"] == 20 and view["ended_at"] == clock.at - timedelta(
+        seconds=60.4
+    )
 
 
 def test_another_users_session_is_not_found(app: LiveApplication) -> None:

@@ -87,8 +87,8 @@ def test_key_hash_never_leaves() -> None:
 
 def test_later_events_take_the_owner_of_the_first_with_one_lookup() -> None:
     session = new_session()
-    session._billed(seconds=5, bill_point=STARTED_AT)
-    session._billed(seconds=5, bill_point=STARTED_AT)
+    session._billed(seconds=5, bill_point=STARTED_AT, at=STARTED_AT)
+    session._billed(seconds=5, bill_point=STARTED_AT, at=STARTED_AT)
     started, *billed = session.collect_events()
     lookups: list[object] = []
 
@@ -105,7 +105,9 @@ def test_later_events_take_the_owner_of_the_first_with_one_lookup() -> None:
     envelope = to_envelope(notification(billed[0], 2), billed[0], ("tenant-a", "user-1"))
     assert envelope.type == "xentree.live.LiveSession.Billed"
     assert envelope.id == f"{session.id}:2"
-    assert envelope.data == {"seconds": 5, "bill_point": "2026-11-10T12:00:00Z"}
+    assert envelope.data == {
+        "seconds": 5, "bill_point": "2026-11-10T12:00:00Z", "at": "2026-11-10T12:00:00Z"
+    }
 
 
 def test_the_cache_is_bounded() -> None:

@@ -42,7 +42,7 @@ def event_names(session: LiveSession) -> list[str]:
 
 def heartbeat(session: LiveSession, now: float, remaining: int) -> Bill:
     b = session.decide_bill(at(now), remaining)
-    session.apply_bill(b)
+    session.apply_bill(b, seen_at=at(now))
     return b
 
 
@@ -81,23 +81,37 @@ def test_heartbeat_bills_and_records_a_billed_event() -> None:
     assert events[0].bill_point == at(15)  # type: ignore[attr-defined]
 
 
-def test_zero_second_bill_records_nothing() -> None:
+def test_zero_second_bill_records_only_the_heartbeat_moment() -> None:
     s = new_session()
     s.collect_events()
     b = heartbeat(s, 0.5, remaining=600)
     assert b.seconds == 0
-    assert s.collect_events() == []
-    assert s.bill_point == at(0)
-
-
-def test_capped_bill_with_no_seconds_still_moves_the_bill_point() -> None:
-    # idle_timeout 0 is degenerate, but it shows that a moved bill point is recorded.
-    s = new_session(idle_timeout_seconds=0)
-    s.collect_events()
-    heartbeat(s, 5, remaining=600)
-    assert s.session_seconds == 0
-    assert s.bill_point == at(5)
     assert event_names(s) == ["Billed"]
+    assert (s.bill_point, s.last_seen, s.session_seconds) == (at(0), at(0.5), 0)
+    s.collect_events()
+    heartbeat(s, 0.5, remaining=600)  # the same moment again: nothing new to record
+    assert s.collect_events() == []
+
+
+def test_a_late_heartbeat_cannot_revive_an_idle_session() -> None:
+    # Silent for the idle timeout: over, as if the reaper had come first.
+    s = new_session(idle_timeout_seconds=60)
+    heartbeat(s, 10, remaining=600)
+    s.collect_events()
+    heartbeat(s, 70, remaining=600)
+    assert (s.is_active, s.end_reason, s.session_seconds) == (False, "idle_timeout", 10)
+    assert s.ended_at == at(10)
+    assert event_names(s) == ["Ended"]
+
+
+def test_idle_window_runs_from_the_last_heartbeat_not_the_bill_point() -> None:
+    # Heartbeats 59.5 s apart keep a 60 s session alive although the unbilled
+    # fractions put the bill point further back.
+    s = new_session(idle_timeout_seconds=60)
+    for n in range(1, 5):
+        heartbeat(s, 59.5 * n, remaining=600)
+        assert s.is_active
+    assert s.session_seconds == 238
 
 
 def test_heartbeat_reaching_the_quota_ends_the_session_at_the_limit() -> None:
@@ -163,11 +177,12 @@ def test_end_after_a_limit_was_passed_keeps_the_limit_reason() -> None:
     assert s.session_seconds == 10
 
 
-def test_end_after_a_long_silence_bills_at_most_the_idle_timeout() -> None:
+def test_end_after_a_long_silence_is_an_idle_end_at_the_last_heartbeat() -> None:
     s = new_session(idle_timeout_seconds=60)
+    heartbeat(s, 30, remaining=600)
     s.end("client", at(1_000), remaining_quota=600)
-    assert s.session_seconds == 60
-    assert s.end_reason == "client"
+    assert s.session_seconds == 30
+    assert (s.end_reason, s.ended_at) == ("idle_timeout", at(30))
 
 
 def test_ending_twice_raises_session_not_active_and_changes_nothing() -> None:
@@ -186,9 +201,10 @@ def test_ending_twice_raises_session_not_active_and_changes_nothing() -> None:
 def test_reap_idle_session_ends_at_the_bill_point() -> None:
     s = new_session()
     heartbeat(s, 15.5, remaining=600)
-    assert s.decide_reap(at(74.9), 585) is None
+    # The idle window runs from the heartbeat at 15.5, not from the bill point at 15.
+    assert s.decide_reap(at(75.4), 585) is None
     s.collect_events()
-    b = s.decide_reap(at(75), 585)
+    b = s.decide_reap(at(75.5), 585)
     assert b is not None
     s.apply_bill(b)
     assert s.end_reason == "idle_timeout"
@@ -263,6 +279,7 @@ def test_aggregate_never_bills_past_its_limits(
     assert used <= max_session
     assert used <= int((now - at(0)).total_seconds())
     if not s.is_active:
-        assert s.end_reason in ("quota_exceeded", "max_duration")
-        assert used == min(limit, max_session)
+        assert s.end_reason in ("quota_exceeded", "max_duration", "idle_timeout")
+        if s.end_reason != "idle_timeout":
+            assert used == min(limit, max_session)
         assert s.ended_at == s.bill_point <= now
