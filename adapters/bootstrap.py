@@ -6,6 +6,7 @@ from typing import cast
 
 from adapters.eventstore.recorder import LiveRecorder
 from adapters.eventstore.schema import infrastructure_env
+from adapters.integration.vault import SealedKeyVault, load_master_key
 from application.live import LiveApplication
 from application.settings import Settings
 
@@ -14,6 +15,10 @@ def build_application(settings: Settings, *, create_table: bool = False) -> Live
     app = LiveApplication(
         settings,
         env=infrastructure_env(settings, create_table=create_table),
+    )
+    # Private signing keys live beside the events, sealed under the master key.
+    app.key_vault = SealedKeyVault(
+        load_master_key(settings), recorder_of(app).datastore.get_connection
     )
     return app
 

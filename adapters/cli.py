@@ -16,6 +16,7 @@ from types import FrameType
 
 import msgspec
 
+from adapters.audit.cli import add_parsers as add_audit_parsers
 from application.settings import Settings, load_settings
 
 
@@ -70,7 +71,7 @@ def cmd_project(settings: Settings, args: argparse.Namespace) -> str:
     from adapters.projector.runner import run_projectors
 
     names = tuple(args.projection) if args.projection else (
-        "quota", "sessions", "profile", "transcripts"
+        "quota", "sessions", "profile", "transcripts", "revocations", "revocation_cutoffs"
     )
     run_projectors(settings, _stop_on_signals(), names=names)
     return "projectors stopped"
@@ -81,6 +82,45 @@ def cmd_reaper(settings: Settings, _args: argparse.Namespace) -> str:
 
     run_reaper(settings, _stop_on_signals(), _now)
     return "reaper stopped"
+
+
+def cmd_realtime(settings: Settings, _args: argparse.Namespace) -> str:
+    from adapters.auth.errors import AuthenticationError
+    from adapters.http.services import build_services
+    from adapters.integration.tokens import is_integration_token
+    from application.principal import Principal
+    from realtime.bridge import BridgeDeps
+    from realtime.server import run
+
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per socket
+    services = build_services(settings)
+
+    def authenticate(token: str) -> Principal | None:
+        # As the HTTP API does: the token's typ says which verifier judges it.
+        try:
+            if is_integration_token(token):
+                return services.integration_tokens.authenticate(token)
+            return services.bearer.verify(token)
+        except AuthenticationError:
+            return None
+
+    try:
+        run(BridgeDeps(settings=settings, app=services.live, authenticate=authenticate,
+                       now=_now))
+    finally:
+        services.close()
+    return "realtime bridge stopped"
+
+
+def cmd_engine(settings: Settings, args: argparse.Namespace) -> str:
+    from realtime.engine import serve_engine
+    from realtime.server import run_until_signalled
+
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    run_until_signalled(
+        lambda stop: serve_engine(settings.engine_url, stop, word_seconds=args.word_seconds)
+    )
+    return "engine stopped"
 
 
 def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> str:
@@ -142,12 +182,24 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("relay", help="publish stored events to Kafka").set_defaults(run=cmd_relay)
     project = sub.add_parser("project", help="run the Kafka-fed projections")
     project.add_argument(
-        "projection", nargs="*", help="quota, sessions, profile, transcripts (default: all)"
+        "projection",
+        nargs="*",
+        help="quota, sessions, profile, transcripts, revocations, revocation_cutoffs "
+        "(default: all)",
     )
     project.set_defaults(run=cmd_project)
     sub.add_parser("reaper", help="end idle and over-limit sessions").set_defaults(
         run=cmd_reaper
     )
+    sub.add_parser(
+        "realtime", help="serve the realtime websocket bridge (XENTREE_REALTIME_HOST/PORT)"
+    ).set_defaults(run=cmd_realtime)
+    engine = sub.add_parser(
+        "engine", help="serve the reference upstream engine at XENTREE_ENGINE_URL"
+    )
+    engine.add_argument("--word-seconds", type=float, default=0.02,
+                        help="pause between the words of an AI turn")
+    engine.set_defaults(run=cmd_engine)
 
     token = sub.add_parser("dev-token", help="print a bearer JWT from the local dev issuer")
     token.add_argument("--tenant", required=True)
@@ -176,13 +228,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--scope", default="live:read live:write")
     create.add_argument("--name", default="")
     create.set_defaults(run=cmd_api_key_create)
+    add_audit_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # kafka-python narrates every connection and rebalance at INFO.
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    from adapters.logs import configure
+
+    configure()
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
@@ -199,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if isinstance(result, bytes | bytearray):
         result = msgspec.json.decode(result)
-    print(result)
+    if result is not None:  # commands that stream their output return nothing
+        print(result)
     return 0
 
 

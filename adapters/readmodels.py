@@ -85,3 +85,79 @@ def session_row(
 
 def watermark(conn: psycopg.Connection[Any], projection: str) -> int:
     return projection_watermark(conn, projection)
+
+
+def profile_row(
+    conn: psycopg.Connection[Any], tenant_id: str, user_id: str
+) -> dict[str, Any] | None:
+    """The user's profile row (None until their account's first event is projected)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT tenant_id, user_id, nickname, plan, version, position FROM rm_profile "
+            "WHERE tenant_id = %s AND user_id = %s",
+            (tenant_id, user_id),
+        )
+        return cur.fetchone()
+
+
+TRANSCRIPT_SUMMARY_COLUMNS = (
+    "transcript_id, session_id, started_at, ended_at, created_at, status, end_reason, "
+    "entry_count"
+)
+
+
+def transcript_rows(
+    conn: psycopg.Connection[Any],
+    tenant_id: str,
+    user_id: str,
+    limit: int,
+    *,
+    session_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before: tuple[datetime, UUID] | None = None,
+) -> list[dict[str, Any]]:
+    """The user's transcripts without their entries, newest conversation first (by
+    `started_at`, then id); `since` <= started_at <= `until`; `before` is the
+    (started_at, transcript_id) of the last row of the previous page."""
+    clauses = ["tenant_id = %s", "user_id = %s"]
+    params: list[Any] = [tenant_id, user_id]
+    if session_id is not None:
+        clauses.append("session_id = %s")
+        params.append(session_id)
+    if since is not None:
+        clauses.append("started_at >= %s")
+        params.append(since)
+    if until is not None:
+        clauses.append("started_at <= %s")
+        params.append(until)
+    if before is not None:
+        clauses.append("(started_at, transcript_id) < (%s, %s)")
+        params.extend(before)
+    params.append(limit)
+    query = (
+        f"SELECT {TRANSCRIPT_SUMMARY_COLUMNS} FROM rm_transcripts "  # noqa: S608 - constants
+        f"WHERE {' AND '.join(clauses)} "
+        "ORDER BY started_at DESC, transcript_id DESC LIMIT %s"
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def transcript_row(
+    conn: psycopg.Connection[Any], tenant_id: str, user_id: str, transcript_id: str
+) -> dict[str, Any] | None:
+    """One of the user's transcripts with its entries as JSON text (passed through to the
+    answer undecoded); None if unknown or another user's."""
+    try:
+        tid = UUID(transcript_id)
+    except ValueError:
+        return None
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {TRANSCRIPT_SUMMARY_COLUMNS}, entries::text AS entries "  # noqa: S608
+            "FROM rm_transcripts WHERE transcript_id = %s AND tenant_id = %s AND user_id = %s",
+            (tid, tenant_id, user_id),
+        )
+        return cur.fetchone()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from uuid import UUID
 
-from adapters.bootstrap import build_application
+from adapters.bootstrap import build_application, recorder_of
 from application.live import LiveApplication
 from application.settings import Settings
 
@@ -28,6 +28,11 @@ def active_session_ids(app: LiveApplication) -> list[UUID]:
 def reap_once(app: LiveApplication, now: Callable[[], datetime]) -> dict[str, str]:
     """One pass over the active sessions; the ones ended, with their reasons."""
     ended: dict[str, str] = {}
+    # Revoke ends its token's sessions before answering; a session whose start committed
+    # just after that sweep (it authenticated before the revoke) is ended here.
+    for session_id in recorder_of(app).sessions_with_revoked_tokens():
+        if app.end_for(session_id, "token_revoked", now):
+            ended[str(session_id)] = "token_revoked"
     for session_id in active_session_ids(app):
         reason = app.reap(session_id, now)
         if reason is not None:

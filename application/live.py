@@ -19,7 +19,9 @@ from application.idempotency import (
     IdempotencyStore,
     replay,
 )
+from application.integration import IntegrationUseCases
 from application.principal import Principal
+from application.profile import ProfileUseCases
 from application.results import (
     Answer,
     ApiKeyInfo,
@@ -29,6 +31,7 @@ from application.results import (
     SessionStarted,
 )
 from application.settings import Settings
+from application.transcripts import TranscriptUseCases
 from domain.account import Account
 from domain.api_key import ApiKey
 from domain.billing import END_REASONS, EndReason
@@ -50,7 +53,9 @@ CLIENT_END_REASONS: tuple[str, ...] = ("client", "client_disconnected", "upstrea
 Decision = tuple[Sequence[Aggregate], int, msgspec.Struct | Exception]
 
 
-class LiveApplication(Application[UUID]):
+class LiveApplication(
+    IntegrationUseCases, ProfileUseCases, TranscriptUseCases, Application[UUID]
+):
     """The write side. Construct it with the infrastructure env from the composition root."""
 
     name = "xentree_live"

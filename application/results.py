@@ -66,3 +66,17 @@ class Answer(msgspec.Struct, frozen=True):
     status: int
     body: bytes
     position: int | None
+
+
+class Profile(msgspec.Struct, kw_only=True):
+    user_id: str
+    tenant_id: str
+    nickname: str | None
+    plan: str
+
+
+class TranscriptStored(msgspec.Struct, kw_only=True):
+    transcript_id: str
+    session_id: str | None
+    entry_count: int
+    created_at: datetime

@@ -7,9 +7,10 @@ it to the composition root; nothing else reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -38,6 +39,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_workers: int = 1
     public_base_url: str = "http://127.0.0.1:8000"
     realtime_url: str = "ws://127.0.0.1:8765"
+    # The realtime bridge (SPEC section 7) and its upstream engine.
+    realtime_host: str = "127.0.0.1"
+    realtime_port: int = 8765
+    realtime_tls_cert: str = ""
+    realtime_tls_key: str = ""
+    # Allowed browser origins; empty allows any. Clients that send no Origin (non-browser)
+    # are always allowed: they authenticate with the Authorization header.
+    realtime_allowed_origins: tuple[str, ...] = ()
+    realtime_max_frame_bytes: int = 64 * 1024
+    realtime_max_messages_per_second: int = 100
+    realtime_max_queued_events: int = 256
+    engine_url: str = "ws://127.0.0.1:8766"
     # Bearer tokens from the identity provider.
     jwt_issuer: str = "https://id.xentree.local/"
     jwt_audience: str = "xentree-live"
@@ -48,6 +61,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Secrets.
     api_key_pepper: str = ""
     service_keys: tuple[str, ...] = ()
+    # A tenant whose audit:read credentials may read every tenant's history ("" = none).
+    audit_platform_tenant: str = ""
     # Quota and sessions.
     plans: PlanDefaults = PlanDefaults()
     default_plan: str = "free"
@@ -65,6 +80,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_batch_size: int = 500
     relay_poll_seconds: float = 0.5
     projection_batch_size: int = 500
+    # Integration tokens (SPEC section 5).
+    master_key: str = ""
+    integration_issuer: str = "https://live.xentree.local/integration"
+    integration_audience: str = "xentree-live-embed"
+    rate_limit_window_seconds: int = 60
+    rate_limit_verify: int = 6_000
+    rate_limit_grant: int = 600
+    rate_limit_rotate: int = 600
 
     @property
     def state_path(self) -> Path:
@@ -84,6 +107,13 @@ class DatabaseParams(msgspec.Struct, frozen=True):
     dbname: str
     user: str
     password: str
+    # The application role every connection switches to (`-c role=...` in libpq's startup
+    # options): it may read and append history but never change it. Empty: no switch.
+    role: str = ""
+
+    @property
+    def options(self) -> str:
+        return f"-c role={self.role}" if self.role else ""
 
     def conninfo(self) -> str:
         parts = {
@@ -92,8 +122,13 @@ class DatabaseParams(msgspec.Struct, frozen=True):
             "dbname": self.dbname,
             "user": self.user,
             "password": self.password,
+            "options": self.options,
         }
         return " ".join(f"{k}='{v}'" for k, v in parts.items() if v != "")
+
+    def as_owner(self) -> DatabaseParams:
+        """The same server as the login user itself (schema setup, rebuild switch-overs)."""
+        return msgspec.structs.replace(self, role="")
 
 
 def parse_database_url(url: str) -> DatabaseParams:
@@ -107,7 +142,30 @@ def parse_database_url(url: str) -> DatabaseParams:
         dbname=unquote(parts.path.lstrip("/")) or "postgres",
         user=unquote(parts.username or "postgres"),
         password=unquote(parts.password or ""),
+        role=_role_option(parse_qs(parts.query).get("options", [""])[0]),
     )
+
+
+_ROLE_OPTION = re.compile(r"^-c\s*role=([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _role_option(options: str) -> str:
+    if not options.strip():
+        return ""
+    match = _ROLE_OPTION.match(options.strip())
+    if match is None:
+        raise ValueError("the database URL's options may only be '-c role=<name>'")
+    return match.group(1)
+
+
+def with_role(url: str, role: str) -> str:
+    """`url` whose connections switch to `role` (XENTREE_DATABASE_ROLE)."""
+    if not role:
+        return url
+    _role_option(f"-c role={role}")  # validates the name
+    parts = urlsplit(url)
+    options = urlencode({"options": f"-c role={role}"}, quote_via=quote)
+    return urlunsplit(parts._replace(query=options))
 
 
 def _int(env: Mapping[str, str], key: str, default: int) -> int:
@@ -146,7 +204,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         k.strip() for k in env.get("XENTREE_SERVICE_KEYS", "").split(",") if k.strip()
     )
     return Settings(
-        database_url=env.get("XENTREE_DATABASE_URL", "").strip() or d.database_url,
+        database_url=with_role(
+            env.get("XENTREE_DATABASE_URL", "").strip() or d.database_url,
+            env.get("XENTREE_DATABASE_ROLE", "").strip(),
+        ),
         kafka_bootstrap=env.get("XENTREE_KAFKA_BOOTSTRAP", "").strip() or d.kafka_bootstrap,
         kafka_topic=env.get("XENTREE_KAFKA_TOPIC", "").strip() or d.kafka_topic,
         kafka_partitions=_int(env, "XENTREE_KAFKA_PARTITIONS", d.kafka_partitions),
@@ -157,6 +218,25 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_base_url=env.get("XENTREE_PUBLIC_BASE_URL", "").strip()
         or f"http://{api_host}:{api_port}",
         realtime_url=env.get("XENTREE_REALTIME_URL", "").strip() or d.realtime_url,
+        realtime_host=env.get("XENTREE_REALTIME_HOST", "").strip() or d.realtime_host,
+        realtime_port=_int(env, "XENTREE_REALTIME_PORT", d.realtime_port),
+        realtime_tls_cert=env.get("XENTREE_REALTIME_TLS_CERT", "").strip(),
+        realtime_tls_key=env.get("XENTREE_REALTIME_TLS_KEY", "").strip(),
+        realtime_allowed_origins=tuple(
+            o.strip()
+            for o in env.get("XENTREE_REALTIME_ALLOWED_ORIGINS", "").split(",")
+            if o.strip()
+        ),
+        realtime_max_frame_bytes=_int(
+            env, "XENTREE_REALTIME_MAX_FRAME_BYTES", d.realtime_max_frame_bytes
+        ),
+        realtime_max_messages_per_second=_int(
+            env, "XENTREE_REALTIME_MAX_MESSAGES_PER_SECOND", d.realtime_max_messages_per_second
+        ),
+        realtime_max_queued_events=_int(
+            env, "XENTREE_REALTIME_MAX_QUEUED_EVENTS", d.realtime_max_queued_events
+        ),
+        engine_url=env.get("XENTREE_ENGINE_URL", "").strip() or d.engine_url,
         jwt_issuer=env.get("XENTREE_JWT_ISSUER", "").strip() or d.jwt_issuer,
         jwt_audience=env.get("XENTREE_JWT_AUDIENCE", "").strip() or d.jwt_audience,
         jwt_leeway_seconds=_int(env, "XENTREE_JWT_LEEWAY_SECONDS", d.jwt_leeway_seconds),
@@ -165,6 +245,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dev_issuer=_bool(env, "XENTREE_DEV_ISSUER", d.dev_issuer),
         api_key_pepper=env.get("XENTREE_API_KEY_PEPPER", "").strip(),
         service_keys=service_keys,
+        audit_platform_tenant=env.get("XENTREE_AUDIT_PLATFORM_TENANT", "").strip(),
         plans=plans,
         default_plan=env.get("XENTREE_DEFAULT_PLAN", "").strip() or d.default_plan,
         heartbeat_interval_seconds=_int(
@@ -189,4 +270,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         projection_batch_size=_int(
             env, "XENTREE_PROJECTION_BATCH_SIZE", d.projection_batch_size
         ),
+        master_key=env.get("XENTREE_MASTER_KEY", "").strip(),
+        integration_issuer=env.get("XENTREE_INTEGRATION_ISSUER", "").strip()
+        or d.integration_issuer,
+        integration_audience=env.get("XENTREE_INTEGRATION_AUDIENCE", "").strip()
+        or d.integration_audience,
+        rate_limit_window_seconds=_int(
+            env, "XENTREE_RATE_LIMIT_WINDOW_SECONDS", d.rate_limit_window_seconds
+        ),
+        rate_limit_verify=_int(env, "XENTREE_RATE_LIMIT_VERIFY", d.rate_limit_verify),
+        rate_limit_grant=_int(env, "XENTREE_RATE_LIMIT_GRANT", d.rate_limit_grant),
+        rate_limit_rotate=_int(env, "XENTREE_RATE_LIMIT_ROTATE", d.rate_limit_rotate),
     )

@@ -41,3 +41,13 @@ class Account(Aggregate):
         self.plan = plan
         self.limit_seconds = limit_seconds
         self.max_session_seconds = max_session_seconds
+
+    def change_nickname(self, nickname: str) -> None:
+        """Set the nickname (already normalised by `normalise_nickname`); the same one
+        again records nothing."""
+        if nickname != self.nickname:
+            self._nickname_changed(nickname=nickname)
+
+    @event("NicknameChanged")
+    def _nickname_changed(self, *, nickname: str) -> None:
+        self.nickname = nickname

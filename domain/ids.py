@@ -19,3 +19,20 @@ def ledger_id(tenant_id: str, user_id: str, period_start: datetime) -> UUID:
 
 def api_key_id(key_id: str) -> UUID:
     return uuid5(NAMESPACE, f"api-key\x00{key_id}")
+
+
+def signing_key_id(kid: str) -> UUID:
+    return uuid5(NAMESPACE, f"signing-key\x00{kid}")
+
+
+def integration_grant_id(jti: str) -> UUID:
+    return uuid5(NAMESPACE, f"integration-grant\x00{jti}")
+
+
+def integration_tenant_id(tenant_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"integration-tenant\x00{tenant_id}")
+
+
+def live_transcript_id(session_id: str) -> UUID:
+    """The transcript a live session records into, found from the session id alone."""
+    return uuid5(NAMESPACE, f"live-transcript\x00{session_id}")

@@ -38,6 +38,8 @@ PROCESSES: list[tuple[str, list[str]]] = [
     ("relay", ["relay"]),
     ("projector", ["project"]),
     ("reaper", ["reaper"]),
+    ("engine", ["engine"]),
+    ("realtime", ["realtime"]),
 ]
 STOP_GRACE_SECONDS = 10.0
 BACKOFF_START_SECONDS = 0.5

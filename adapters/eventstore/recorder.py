@@ -4,7 +4,10 @@ same transaction as a command's events:
 - the command's idempotency record (its answer and the position of its last event), so a
   crash can never leave an effect without its answer or an answer without its effect;
 - the write-side index of active sessions, which the reaper scans;
-- the write-side index of API keys, which key listing reads.
+- the write-side index of API keys, which key listing reads;
+- the integration-token rows (signing keys, grants, revoked jtis, revoke-all cut-offs),
+  which every verify reads (adapters/eventstore/integration_index.py);
+- one hash-chain link per event, in commit order (adapters/eventstore/chain.py).
 
 A second insert of the same idempotency key fails the whole transaction with an
 IntegrityError (a RecordConflictError), exactly like a concurrent write to an aggregate.
@@ -18,11 +21,16 @@ from typing import Any
 
 import msgspec
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import get_topic
 from psycopg import Cursor
 from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
 
+from adapters.eventstore.chain import INSERT_LINK, link_params
+from adapters.eventstore.history import LOCK_FUNCTION
+from adapters.eventstore.integration_index import TOPICS as INTEGRATION_TOPICS
+from adapters.eventstore.integration_index import IntegrationIndexQueries, write_integration_rows
 from application.idempotency import IdempotencyRecord, StoredAnswer
 from domain.api_key import ApiKey
 from domain.session import LiveSession
@@ -40,8 +48,19 @@ def _datetime(encoded: Any) -> datetime:
     return datetime.fromisoformat(encoded["_data_"])
 
 
-class LiveRecorder(PostgresApplicationRecorder):
+class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
     """Also the application's durable IdempotencyStore."""
+
+    # Off only in the throughput benchmark's baseline (ops/bench_audit.py).
+    chain_events = True
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        # The application role may not LOCK the append-only table itself (that needs
+        # UPDATE or DELETE privilege); a SECURITY DEFINER function takes the same lock.
+        self.lock_table_statements[-1] = SQL("SELECT {}.{}()").format(
+            Identifier(datastore.schema), Identifier(LOCK_FUNCTION)
+        )
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -55,10 +74,11 @@ class LiveRecorder(PostgresApplicationRecorder):
             )
         for e in stored_events:
             if e.topic == SESSION_STARTED:
+                state = _state_decoder.decode(e.state)
                 curs.execute(
-                    "INSERT INTO active_sessions (session_id) VALUES (%s) "
-                    "ON CONFLICT DO NOTHING",
-                    (e.originator_id,),
+                    "INSERT INTO active_sessions (session_id, credential, credential_id) "
+                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    (e.originator_id, state.get("credential"), state.get("credential_id")),
                 )
             elif e.topic == SESSION_ENDED:
                 curs.execute(
@@ -86,12 +106,17 @@ class LiveRecorder(PostgresApplicationRecorder):
                     "UPDATE api_keys SET revoked_at = %s WHERE aggregate_id = %s",
                     (_datetime(_state_decoder.decode(e.state)["revoked_at"]), e.originator_id),
                 )
+            elif e.topic in INTEGRATION_TOPICS:
+                write_integration_rows(curs, e)
         super()._insert_events(curs, stored_events, **kwargs)
 
     def _fetch_ids_after_insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        if ids and self.chain_events:
+            # Still under the table lock: links are appended in commit order.
+            curs.executemany(INSERT_LINK, link_params(ids, stored_events))
         record: IdempotencyRecord | None = kwargs.get("idempotency")
         if record is not None and ids:
             curs.execute(

@@ -2,12 +2,18 @@
 events (idempotency, write-side indexes) and the read models the projections keep.
 
 `migrate` is idempotent and safe to run from several processes at once (an advisory lock
-serialises it)."""
+serialises it). It runs as the owner (the URL's user, without the switch to the
+application role) and makes history append-only (adapters/eventstore/history.py)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
 import psycopg
 
+from adapters.eventstore.chain import backfill
+from adapters.eventstore.history import secure_history
 from application.settings import Settings, parse_database_url
 
 MIGRATION_LOCK = 7_241_117
@@ -39,6 +45,83 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS api_keys_owner ON api_keys (tenant_id, user_id, created_at DESC);
+
+-- Which credential started each active session, so revoking a token ends its sessions.
+ALTER TABLE active_sessions ADD COLUMN IF NOT EXISTS credential text;
+ALTER TABLE active_sessions ADD COLUMN IF NOT EXISTS credential_id text;
+CREATE INDEX IF NOT EXISTS active_sessions_credential ON active_sessions (credential_id);
+
+-- Integration tokens, written with their events (adapters/eventstore/integration_index.py).
+CREATE TABLE IF NOT EXISTS signing_keys (
+    aggregate_id uuid PRIMARY KEY,
+    kid text NOT NULL UNIQUE,
+    tenant_id text NOT NULL,
+    algorithm text NOT NULL,
+    public_jwk jsonb NOT NULL,
+    created_at timestamptz NOT NULL,
+    published_until timestamptz,
+    retired_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS signing_keys_tenant ON signing_keys (tenant_id, created_at);
+-- Private halves, AES-GCM sealed under the master key; written by the key vault before
+-- the key's Created event (which names the kid, never the key) is saved.
+CREATE TABLE IF NOT EXISTS signing_keys_private (
+    kid text PRIMARY KEY,
+    tenant_id text NOT NULL,
+    sealed bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS integration_tenants (
+    aggregate_id uuid PRIMARY KEY,
+    tenant_id text NOT NULL UNIQUE,
+    current_kid text,
+    revoked_before timestamptz
+);
+CREATE TABLE IF NOT EXISTS integration_grants (
+    grant_id uuid PRIMARY KEY,
+    jti text NOT NULL UNIQUE,
+    tenant_id text NOT NULL,
+    subject text NOT NULL,
+    kid text NOT NULL,
+    issued_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS integration_grants_tenant ON integration_grants (tenant_id, issued_at);
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    jti text PRIMARY KEY,
+    tenant_id text NOT NULL,
+    revoked_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    reason text NOT NULL
+);
+-- Per-tenant, per-endpoint request counters in fixed windows, shared by every API process.
+CREATE UNLOGGED TABLE IF NOT EXISTS rate_limit_counters (
+    tenant_id text NOT NULL,
+    endpoint text NOT NULL,
+    window_start timestamptz NOT NULL,
+    hits integer NOT NULL,
+    PRIMARY KEY (tenant_id, endpoint, window_start)
+);
+-- The jti-revocation read model, fed from Kafka: one row per grant.
+CREATE TABLE IF NOT EXISTS rm_revocations (
+    grant_id uuid PRIMARY KEY,
+    jti text NOT NULL,
+    tenant_id text NOT NULL,
+    issued_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz,
+    reason text,
+    version bigint NOT NULL,
+    position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rm_revocations_jti ON rm_revocations (jti);
+CREATE TABLE IF NOT EXISTS rm_revocation_cutoffs (
+    tenant_aggregate uuid PRIMARY KEY,
+    tenant_id text NOT NULL,
+    revoked_before timestamptz,
+    version bigint NOT NULL,
+    position bigint NOT NULL
+);
 
 -- The relay's progress through the notification log, and the topic it published to.
 CREATE TABLE IF NOT EXISTS relay_position (
@@ -91,6 +174,37 @@ CREATE TABLE IF NOT EXISTS rm_sessions (
 );
 CREATE INDEX IF NOT EXISTS rm_sessions_owner
     ON rm_sessions (tenant_id, user_id, started_at DESC, session_id DESC);
+
+CREATE TABLE IF NOT EXISTS rm_profile (
+    account_id uuid PRIMARY KEY,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    nickname text,
+    plan text,
+    version bigint NOT NULL,
+    position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rm_profile_owner ON rm_profile (tenant_id, user_id);
+
+CREATE TABLE IF NOT EXISTS rm_transcripts (
+    transcript_id uuid PRIMARY KEY,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    session_id text,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    created_at timestamptz NOT NULL,
+    status text NOT NULL,
+    end_reason text,
+    entry_count integer NOT NULL,
+    entries jsonb NOT NULL DEFAULT '[]',
+    version bigint NOT NULL,
+    position bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rm_transcripts_owner
+    ON rm_transcripts (tenant_id, user_id, started_at DESC, transcript_id DESC);
+CREATE INDEX IF NOT EXISTS rm_transcripts_session
+    ON rm_transcripts (tenant_id, user_id, session_id);
 """
 
 
@@ -98,7 +212,8 @@ def infrastructure_env(settings: Settings, *, create_table: bool = False) -> dic
     """The environment eventsourcing's factory reads, from our settings."""
     db = parse_database_url(settings.database_url)
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "adapters.eventstore.factory",
+        "POSTGRES_OPTIONS": db.options,
         "APPLICATION_RECORDER_TOPIC": "adapters.eventstore.recorder:LiveRecorder",
         "POSTGRES_DBNAME": db.dbname,
         "POSTGRES_HOST": db.host,
@@ -107,25 +222,38 @@ def infrastructure_env(settings: Settings, *, create_table: bool = False) -> dic
         "POSTGRES_PASSWORD": db.password,
         "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
         "POSTGRES_MAX_OVERFLOW": str(settings.db_max_overflow),
-        "POSTGRES_CONNECT_TIMEOUT": "5",
+        # Bounds how long a command waits for a connection while PostgreSQL is down (the
+        # library retries ten times), before the API answers 503.
+        "POSTGRES_CONNECT_TIMEOUT": "1",
         "POSTGRES_LOCK_TIMEOUT": "5",
-        "POSTGRES_PRE_PING": "y",
+        # No ping before each checkout (a round trip per command): a connection broken by
+        # a database restart fails its statement, and the library retries on a fresh one.
+        "POSTGRES_PRE_PING": "n",
         "POSTGRES_MAX_WAITING": "64",
         "CREATE_TABLE": "yes" if create_table else "no",
     }
+
+
+def owner_url(url: str) -> str:
+    """`url` without the switch to the application role: the schema owner's connection."""
+    return urlunsplit(urlsplit(url)._replace(query=""))
 
 
 def migrate(settings: Settings) -> None:
     """Create every table (idempotent)."""
     from adapters.bootstrap import build_application
 
-    conninfo = parse_database_url(settings.database_url).conninfo()
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    db = parse_database_url(settings.database_url)
+    owner = msgspec.structs.replace(settings, database_url=owner_url(settings.database_url))
+    with psycopg.connect(db.as_owner().conninfo(), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
         try:
-            app = build_application(settings, create_table=True)
+            app = build_application(owner, create_table=True)
             app.close()
             with conn.transaction():
                 conn.execute(TABLES)
+            with conn.transaction():
+                secure_history(conn, db.role)
+                backfill(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from adapters.http.api_keys import ApiKeyController
+from adapters.http.audit import AuditController, EventSchemaController
 from adapters.http.health import HealthController
+from adapters.http.integration import IntegrationController
 from adapters.http.middleware import request_id_middleware
 from adapters.http.problems import exception_handlers
+from adapters.http.profile import ProfileController
 from adapters.http.quota import QuotaController
 from adapters.http.services import Services, build_services
 from adapters.http.sessions import SessionController
+from adapters.http.transcripts import TranscriptController
 from application.settings import Settings, load_settings
 
 
@@ -33,8 +38,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 app.state.services.close()
 
     return Litestar(
-        route_handlers=[SessionController, QuotaController, ApiKeyController, HealthController],
+        route_handlers=[SessionController, QuotaController, ApiKeyController, HealthController,
+                        IntegrationController,
+                        ProfileController, TranscriptController,
+                        AuditController, EventSchemaController],
         lifespan=[lifespan],
+        before_request=refuse_while_database_down,
         middleware=[request_id_middleware],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
@@ -46,6 +55,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         ),
         debug=False,
     )
+
+
+OPERATIONS = ("/healthz", "/readyz", "/metrics", "/schema")
+
+
+async def refuse_while_database_down(request: Request[Any, Any, Any]) -> None:
+    """503 at once while PostgreSQL is known to be down, rather than a request that waits
+    out every pool timeout and retry below (operations endpoints still answer)."""
+    if not request.url.path.startswith(OPERATIONS):
+        request.app.state.services.check_database()
 
 
 def app_from_env() -> Litestar:

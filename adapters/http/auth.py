@@ -11,6 +11,7 @@ from adapters.auth.api_keys import has_valid_shape, hash_api_key
 from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, InsufficientScope
 from adapters.auth.scopes import parse_scope
 from adapters.http.services import Services
+from adapters.integration.tokens import is_integration_token
 from application.principal import CredentialKind, Principal
 
 ALL: tuple[CredentialKind, ...] = ("bearer", "api_key", "integration", "service")
@@ -39,7 +40,12 @@ def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("the Authorization header must be 'Bearer <token>'")
-        return services.bearer.verify(token.strip())
+        token = token.strip()
+        # Both kinds are JWTs; the header's typ says which verifier may judge it, and each
+        # refuses the other's typ, so neither can be passed off as the other.
+        if is_integration_token(token):
+            return services.integration_tokens.authenticate(token)
+        return services.bearer.verify(token)
     api_key = headers.get("x-api-key")
     if api_key is not None:
         return _api_key(api_key.strip(), services)

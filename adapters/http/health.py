@@ -11,7 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from adapters.http.commands import in_thread, services_of
 from adapters.readmodels import watermark
 
-PROJECTIONS = ("quota", "sessions")
+PROJECTIONS = (
+    "quota", "sessions", "profile", "transcripts", "revocations", "revocation_cutoffs"
+)
 LAG = Gauge("xentree_projection_lag_events", "Events stored but not yet projected", ["projection"])
 
 

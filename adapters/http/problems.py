@@ -13,6 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, InsufficientScope
+from adapters.ratelimit import RateLimited, RateLimitState
 from application.idempotency import IdempotencyMismatch
 from domain.errors import (
     InvalidValue,
@@ -88,7 +89,24 @@ def problem(
         content=msgspec.json.encode(body),
         status_code=status,
         media_type=PROBLEM_JSON,
-        headers=dict(headers or {}),
+        headers={**rate_limit_headers(request), **(headers or {})},
+    )
+
+
+def rate_limit_headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The rate-limit headers of a call that was counted (its endpoint is rate limited):
+    every answer of such an endpoint carries them, errors included."""
+    state = request.state.get("rate_limit")
+    return state.headers() if isinstance(state, RateLimitState) else {}
+
+
+def _rate_limited(request: Request[Any, Any, Any], exc: RateLimited) -> Response[bytes]:
+    return problem(
+        request,
+        429,
+        "rate_limited",
+        f"too many {exc.state.policy.name} calls for this tenant; retry after Retry-After",
+        {**exc.state.headers(), "Retry-After": str(exc.state.reset_seconds)},
     )
 
 
@@ -186,12 +204,16 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[by
 
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    return problem(request, 400, "invalid_request", _validation_detail(exc))
+
+
+def _validation_detail(exc: ValidationException) -> str:
     detail = exc.detail or "invalid request"
     extra = exc.extra
     if isinstance(extra, list) and extra:
         messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in extra]
         detail = "; ".join(m for m in messages if m) or detail
-    return problem(request, 400, "invalid_request", detail)
+    return detail
 
 
 _HTTP_CODES = {
@@ -206,6 +228,16 @@ _HTTP_CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
+
+
+def unprocessable_body(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[bytes]:
+    """For endpoints whose contract answers 422 to a well-formed body of the wrong shape
+    (types, unknown or missing fields); malformed JSON stays 400 (an HTTPException)."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    in_body = any(isinstance(e, dict) and e.get("source") == "body" for e in extra)
+    return problem(request, 422 if in_body else 400, "invalid_request", _validation_detail(exc))
 
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -237,6 +269,7 @@ def exception_handlers() -> dict[type[Exception] | int, Callable[..., Response[A
         BadRequest: _bad_request,
         IdempotencyMismatch: _mismatch,
         Unavailable: _unavailable,
+        RateLimited: _rate_limited,
         psycopg.OperationalError: _unavailable,
         psycopg.InterfaceError: _unavailable,
         psycopg_pool.PoolTimeout: _unavailable,

@@ -37,3 +37,16 @@ KEY_PROBLEMS = {
     409: _spec("Idempotency-Key reuse with another request"),
     422: _spec("A value is out of range"),
 }
+
+NICKNAME_PROBLEMS = {
+    **_COMMON,
+    409: _spec("Idempotency-Key reuse with another request"),
+    422: _spec("The nickname breaks a rule (named in detail and field)"),
+}
+
+TRANSCRIPT_PROBLEMS = {
+    **_COMMON,
+    404: _spec("session_id names no session of this caller"),
+    409: _spec("Idempotency-Key reuse with another request"),
+    422: _spec("A value breaks a rule; field names it, e.g. transcripts[12].text"),
+}

@@ -18,7 +18,12 @@ from adapters.auth.bearer import BearerVerifier
 from adapters.auth.service_keys import ServiceKeyChecker
 from adapters.bootstrap import build_application, recorder_of
 from adapters.eventstore.recorder import LiveRecorder
+from adapters.http.dbhealth import DatabaseHealth
 from adapters.http.problems import Unavailable
+from adapters.integration.store import IntegrationStore
+from adapters.integration.tokens import IntegrationTokenVerifier, TokenSigner
+from adapters.integration.vault import SealedKeyVault
+from adapters.ratelimit import RateLimiter, integration_policies
 from adapters.readmodels import watermark
 from application.live import LiveApplication
 from application.settings import Settings, parse_database_url
@@ -36,7 +41,12 @@ class Services:
     service_keys: ServiceKeyChecker
     pepper: bytes
     reads: ConnectionPool[psycopg.Connection[dict[str, Any]]]
+    integration_store: IntegrationStore
+    integration_tokens: IntegrationTokenVerifier
+    token_signer: TokenSigner
+    rate_limiter: RateLimiter
     now: Callable[[], datetime] = utc_now
+    database: DatabaseHealth | None = None
 
     @property
     def recorder(self) -> LiveRecorder:
@@ -63,7 +73,13 @@ class Services:
                 )
             time.sleep(0.02)
 
+    def check_database(self) -> None:
+        if self.database is not None and not self.database.up:
+            raise Unavailable("the database is unavailable; retry shortly", retry_after=2)
+
     def close(self) -> None:
+        if self.database is not None:
+            self.database.close()
         self.reads.close()
         self.live.close()
 
@@ -74,16 +90,33 @@ def build_services(settings: Settings) -> Services:
         conninfo,
         min_size=1,
         max_size=settings.db_pool_size,
-        timeout=5,
-        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
-        check=ConnectionPool.check_connection,
+        timeout=2,
+        kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 2},
         open=True,
     )
+    live = build_application(settings)
+    assert isinstance(live.key_vault, SealedKeyVault)
+
+    @contextmanager
+    def read() -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        with reads.connection() as conn:
+            yield conn
+
+    store = IntegrationStore(read)
     return Services(
         settings=settings,
-        live=build_application(settings),
+        live=live,
         bearer=BearerVerifier.from_settings(settings),
         service_keys=ServiceKeyChecker(settings),
         pepper=load_pepper(settings),
         reads=reads,
+        integration_store=store,
+        integration_tokens=IntegrationTokenVerifier(
+            store,
+            issuer=settings.integration_issuer,
+            audience=settings.integration_audience,
+        ),
+        token_signer=TokenSigner(live.key_vault),
+        rate_limiter=RateLimiter(read, integration_policies(settings)),
+        database=DatabaseHealth(conninfo).start(),
     )

@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http.auth import authenticate
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
+from adapters.http.integration import end_if_token_revoked
 from adapters.http.problems import BadRequest
 from adapters.http.schemas import COMMAND_PROBLEMS, READ_PROBLEMS
 from adapters.readmodels import session_row, session_rows
@@ -107,6 +108,8 @@ class SessionController(Controller):
                 principal, data.session_type, services.now, idem
             )
         )
+        if principal.credential == "integration":
+            await in_thread(lambda: end_if_token_revoked(services, principal, answer))
         return respond(answer)
 
     @post(

@@ -36,7 +36,7 @@ from adapters.relay.envelope import Envelope, decode
 from adapters.relay.relay import relay_position
 from adapters.relay.topic import TopicMissing, ensure_topic, new_admin, topic_id
 from application.settings import Settings, parse_database_url
-from projections import quota, sessions
+from projections import profile, quota, revocations, sessions, transcripts
 from projections.stream import Step, step
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,15 @@ PROJECTIONS: dict[str, ProjectionSpec[Any]] = {
                             quota.apply),
     "sessions": ProjectionSpec("rm_sessions", "session_id", sessions.SessionRow,
                                sessions.AGGREGATE_TYPE, sessions.apply),
+    "profile": ProjectionSpec("rm_profile", "account_id", profile.ProfileRow,
+                              profile.AGGREGATE_TYPE, profile.apply),
+    "transcripts": ProjectionSpec("rm_transcripts", "transcript_id", transcripts.TranscriptRow,
+                                  transcripts.AGGREGATE_TYPE, transcripts.apply),
+    "revocations": ProjectionSpec("rm_revocations", "grant_id", revocations.RevocationRow,
+                                  revocations.GRANT_AGGREGATE, revocations.apply_grant),
+    "revocation_cutoffs": ProjectionSpec("rm_revocation_cutoffs", "tenant_aggregate",
+                                         revocations.CutoffRow, revocations.TENANT_AGGREGATE,
+                                         revocations.apply_tenant),
 }
 
 
@@ -106,7 +115,9 @@ class Projector:
         self.name = name
         self.spec = projection if projection is not None else PROJECTIONS[name]
         self.topic = settings.kafka_topic
-        self.group_id = group_id or f"xentree-live.{name}"
+        # One group per projection and topic: two deployments (or test stacks) sharing a
+        # broker must not join one group with different subscriptions.
+        self.group_id = group_id or f"xentree-live.{name}.{self.topic}"
         self._conn: psycopg.Connection[Any] | None = None
         self._admin: KafkaAdminClient | None = None
         self._consumer: KafkaConsumer | None = None
@@ -316,6 +327,9 @@ class Projector:
             group_id=self.group_id,
             client_id=f"xentree-live-{self.name}",
             max_poll_records=self.settings.projection_batch_size,
+            # The broker holds an empty fetch up to this long: the default 500 ms would
+            # be most of the command-to-read-model lag.
+            fetch_max_wait_ms=50,
             **CONSUMER_GROUP_CONFIG,
         )
         consumer.subscribe([self.topic], listener=_SeekFromTracking(self, consumer))
@@ -403,7 +417,11 @@ def _column(value: Any) -> Any:
 
 
 def run_projectors(
-    settings: Settings, stop: threading.Event, names: Sequence[str] = ("quota", "sessions")
+    settings: Settings,
+    stop: threading.Event,
+    names: Sequence[str] = (
+        "quota", "sessions", "profile", "transcripts", "revocations", "revocation_cutoffs"
+    ),
 ) -> None:
     """Run one consumer per projection, each in its own thread, until `stop` is set."""
     threads = [

@@ -15,6 +15,7 @@ import pytest
 
 from adapters.auth.dev_issuer import DevIssuer
 from application.settings import load_settings
+from ops.launcher import AppProcesses
 from ops.stack import free_port, wait_for_http
 from tests.support.services import scratch_database, start_app_processes, unique_topic_name
 
@@ -27,6 +28,8 @@ class Stack:
     env: dict[str, str]
     issuer: DevIssuer
     client: httpx.Client = field(repr=False)
+    # The app processes, for fault tests (kill, restart).
+    apps: AppProcesses | None = field(default=None, repr=False)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -93,6 +96,10 @@ def _run_stack(
         "XENTREE_HEARTBEAT_INTERVAL_SECONDS": "1",
         "XENTREE_REAPER_INTERVAL_SECONDS": "0.2",
         "XENTREE_PLAN_FREE_SECONDS": "600",
+        "XENTREE_DATABASE_ROLE": "xentree_app",  # the apps may append history, never change it
+        "XENTREE_AUDIT_PLATFORM_TENANT": "platform-audit",
+        "XENTREE_REALTIME_PORT": str(free_port()),
+        "XENTREE_ENGINE_URL": f"ws://127.0.0.1:{free_port()}",
     }
     subprocess.run([CLI, "migrate"], env=env, check=True, timeout=120, capture_output=True)
     apps = start_app_processes(
@@ -103,7 +110,7 @@ def _run_stack(
         wait_for_http(f"{url}/healthz", timeout=60)
         settings = load_settings(env)
         with httpx.Client(base_url=url, timeout=30) as client:
-            yield Stack(url, env, DevIssuer.load_or_create(settings), client)
+            yield Stack(url, env, DevIssuer.load_or_create(settings), client, apps)
     finally:
         apps.stop()
         print((state / "apps.log").read_text()[-20000:])

@@ -1,0 +1,99 @@
+"""Signed chain digests: a small statement "up to position P the chain's head was H",
+signed with an Ed25519 key kept in the state directory. Kept somewhere else (printed,
+mailed, committed), a digest lets `audit verify --digest` prove later that history up to
+P is unchanged, even if someone rewrote the whole chain consistently."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from adapters.auth.secret_file import read_or_create_secret
+from application.settings import Settings
+
+KEY_FILE_NAME = "audit-digest-key.pem"
+_PURPOSE = b"xentree-live chain digest v1\n"
+
+
+class Digest(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    head: str  # hex
+    time: datetime
+    key_id: str
+    signature: str = ""  # base64url, over the other fields
+
+    def signed_bytes(self) -> bytes:
+        return _PURPOSE + (
+            f"{self.position}\n{self.head}\n{self.time.isoformat()}\n{self.key_id}".encode()
+        )
+
+
+class DigestError(ValueError):
+    pass
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class DigestSigner:
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+
+    @classmethod
+    def load_or_create(cls, settings: Settings) -> DigestSigner:
+        pem = read_or_create_secret(
+            Path(settings.state_dir) / KEY_FILE_NAME,
+            lambda: Ed25519PrivateKey.generate().private_bytes(
+                Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+            ),
+        )
+        key = load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise DigestError(f"{KEY_FILE_NAME} does not hold an Ed25519 key")
+        return cls(key)
+
+    def sign(self, position: int, head: bytes, time: datetime) -> Digest:
+        unsigned = Digest(position=position, head=head.hex(), time=time, key_id=self.key_id)
+        return msgspec.structs.replace(
+            unsigned, signature=_b64(self._key.sign(unsigned.signed_bytes()))
+        )
+
+    def check(self, digest: Digest) -> None:
+        """Raise DigestError unless `digest` was signed by this key."""
+        if digest.key_id != self.key_id:
+            raise DigestError(f"digest was signed by key {digest.key_id}, not {self.key_id}")
+        try:
+            self._key.public_key().verify(_unb64(digest.signature), digest.signed_bytes())
+        except (InvalidSignature, ValueError):
+            raise DigestError("digest signature does not verify") from None
+
+
+def load_digest(path: Path) -> Digest:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Digest)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise DigestError(f"cannot read digest {path}: {exc}") from None
+
+
+def encode_digest(digest: Digest) -> bytes:
+    return msgspec.json.encode(digest)

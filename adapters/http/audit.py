@@ -1,0 +1,136 @@
+"""The audit API: the stored history as CloudEvents (paginated by position), a user's read
+models replayed at an instant, and the JSON Schema of every event type.
+
+Audit reads need `audit:read` and are bounded to the caller's tenant, except for callers of
+the configured platform tenant (XENTREE_AUDIT_PLATFORM_TENANT), who may read every tenant.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get
+from litestar.params import Parameter
+
+from adapters.audit import event_schemas
+from adapters.audit.history import History, Selection, head
+from adapters.audit.replay import replay
+from adapters.auth.scopes import AUDIT_READ
+from adapters.http.auth import authenticate
+from adapters.http.commands import in_thread, services_of
+from adapters.http.problems import BadRequest
+from adapters.http.schemas import READ_PROBLEMS
+from adapters.http.services import Services
+from adapters.relay.envelope import Envelope
+from application.principal import Principal
+
+MAX_PAGE = 1000
+schemas = functools.cache(event_schemas.schemas)
+# Events looked at per request when a filter matches few: the page ends early and
+# `next_after` says where to continue, so no request scans the whole history.
+SCAN_PER_PAGE = 20_000
+_encoder = msgspec.json.Encoder()
+
+
+class AuditPage(msgspec.Struct):
+    events: list[Envelope]
+    next_after: int
+    head: int
+    more: bool
+
+
+def _tenant(principal: Principal, services: Services, wanted: str | None) -> str | None:
+    """The tenant this caller may read: their own, or any for a platform auditor."""
+    platform = services.settings.audit_platform_tenant
+    if platform and principal.tenant_id == platform:
+        return wanted
+    if wanted is not None and wanted != principal.tenant_id:
+        raise BadRequest("audit reads are bounded to your own tenant", status=403)
+    return principal.tenant_id
+
+
+class AuditController(Controller):
+    path = "/api/audit"
+    tags = ["audit"]
+
+    @get(
+        "/events",
+        operation_id="exportAuditEvents",
+        responses=READ_PROBLEMS,
+        summary="Stored events as CloudEvents envelopes, in position order",
+    )
+    async def events(
+        self,
+        request: Request[Any, Any, Any],
+        after: Annotated[int, Parameter(ge=0)] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = 100,
+        tenant: Annotated[str | None, Parameter(max_length=200)] = None,
+        user: Annotated[str | None, Parameter(max_length=200)] = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AuditPage:
+        services = services_of(request)
+        principal = authenticate(request, services, AUDIT_READ)
+        selection = Selection(
+            tenant=_tenant(principal, services, tenant), user=user, since=since, until=until
+        )
+
+        def read() -> AuditPage:
+            with services.read() as conn:
+                history = History(conn, services.live.mapper)
+                found, last = history.select(selection, after, limit, SCAN_PER_PAGE)
+                top = head(conn)
+            return AuditPage(events=found, next_after=last, head=top, more=last < top)
+
+        return await in_thread(read)
+
+    @get(
+        "/replay",
+        operation_id="replayAudit",
+        responses=READ_PROBLEMS,
+        summary="A user's read models (quota, sessions, ...) as they stood at `until`",
+    )
+    async def replay(
+        self,
+        request: Request[Any, Any, Any],
+        user: Annotated[str, Parameter(min_length=1, max_length=200)],
+        until: datetime,
+        tenant: Annotated[str | None, Parameter(max_length=200)] = None,
+    ) -> Response[bytes]:
+        services = services_of(request)
+        principal = authenticate(request, services, AUDIT_READ)
+        owner = _tenant(principal, services, tenant) or principal.tenant_id
+        if until.tzinfo is None:
+            raise BadRequest("until must be an instant with a UTC offset, e.g. ...Z")
+
+        def read() -> bytes:
+            with services.read() as conn:
+                return _encoder.encode(
+                    replay(History(conn, services.live.mapper), owner, user, until)
+                )
+
+        return Response(await in_thread(read), media_type="application/json")
+
+
+class EventSchemaController(Controller):
+    path = "/api/events/schema"
+    tags = ["events"]
+
+    @get("/", operation_id="listEventSchemas", summary="JSON Schema of every event type")
+    async def all_schemas(self) -> dict[str, Any]:
+        return schemas()
+
+    @get(
+        "/{event_type:str}",
+        operation_id="getEventSchema",
+        responses=READ_PROBLEMS,
+        summary="JSON Schema of one event type, e.g. xentree.live.LiveSession.Started",
+    )
+    async def one_schema(self, event_type: str) -> dict[str, Any]:
+        found = schemas().get(event_type)
+        if found is None:
+            raise BadRequest(f"no event type {event_type!r}", status=404)
+        return found

@@ -1,0 +1,72 @@
+"""The caller's profile: read from the profile projection; the nickname command answers
+from the write side, so the new nickname shows at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, put
+
+from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
+from adapters.http.auth import authenticate
+from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
+from adapters.http.schemas import NICKNAME_PROBLEMS, READ_PROBLEMS
+from adapters.readmodels import profile_row
+from application.results import Profile
+
+
+class NicknameRequest(msgspec.Struct, forbid_unknown_fields=True):
+    nickname: str
+
+
+class ProfileView(msgspec.Struct):
+    user_id: str
+    tenant_id: str
+    nickname: str | None
+    plan: str
+    as_of: int
+
+
+class ProfileController(Controller):
+    path = "/api/live/profile"
+    tags = ["profile"]
+
+    @get("/", operation_id="getProfile", responses=READ_PROBLEMS, summary="The caller's profile")
+    async def profile(self, request: Request[Any, Any, Any]) -> ProfileView:
+        services = services_of(request)
+        principal = authenticate(request, services, LIVE_READ)
+        wanted = min_position(request)
+
+        def read() -> ProfileView:
+            mark = services.wait_for("profile", wanted)
+            with services.read() as conn:
+                row = profile_row(conn, principal.tenant_id, principal.user_id)
+            default_plan = services.settings.default_plan
+            return ProfileView(
+                user_id=principal.user_id,
+                tenant_id=principal.tenant_id,
+                nickname=row["nickname"] if row else None,
+                plan=(row["plan"] if row else None) or default_plan,
+                as_of=mark,
+            )
+
+        return await in_thread(read)
+
+    @put(
+        "/nickname",
+        operation_id="setNickname",
+        status_code=200,
+        responses=NICKNAME_PROBLEMS,
+        summary="Change the caller's nickname (trimmed, NFC, 1-32 characters)",
+    )
+    async def set_nickname(
+        self, request: Request[Any, Any, Any], data: NicknameRequest
+    ) -> Response[Profile]:
+        services = services_of(request)
+        principal = authenticate(request, services, LIVE_WRITE)
+        idem = await idempotency(request, principal)
+        answer = await in_thread(
+            lambda: services.live.set_nickname(principal, data.nickname, idem)
+        )
+        return respond(answer)

@@ -1,0 +1,63 @@
+"""The published event schemas (docs/events/) are the ones the code generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from adapters.audit.event_schemas import render, schemas
+from adapters.eventstore.chain import GENESIS, event_digest, link, walk
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
+
+
+def test_published_schemas_match_the_code() -> None:
+    generated = schemas()
+    published = {p.name.removesuffix(".json"): p.read_bytes() for p in DOCS.glob("*.json")}
+    assert set(published) == set(generated), (
+        "run `xentree-live audit schemas --write docs/events`"
+    )
+    for event_type, schema in generated.items():
+        assert published[event_type] == render(schema), (
+            f"{event_type} changed: run `xentree-live audit schemas --write docs/events`"
+        )
+
+
+def test_every_aggregate_event_has_a_schema_without_secrets() -> None:
+    generated = schemas()
+    for expected in (
+        "xentree.live.LiveSession.Started", "xentree.live.UsageLedger.UsageBilled",
+        "xentree.live.Account.NicknameChanged", "xentree.live.ApiKey.Issued",
+        "xentree.live.Transcript.EntriesAppended", "xentree.live.SigningKey.Created",
+        "xentree.live.IntegrationGrant.Revoked", "xentree.live.IntegrationTenant.AllRevoked",
+    ):
+        assert expected in generated
+    issued = generated["xentree.live.ApiKey.Issued"]
+    data = issued["$defs"][issued["properties"]["data"]["$ref"].rpartition("/")[2]]
+    assert "key_hash" not in data["properties"]
+    assert "tenant_id" in data["properties"]
+
+
+def _row(position: int, state: bytes, previous: bytes) -> tuple[object, ...]:
+    digest = event_digest(position, "agg", position, "domain.x:A.E", state)
+    return (position, position, "agg", position, "domain.x:A.E", state, link(previous, digest))
+
+
+def test_walk_recomputes_links_and_stops_at_the_first_break() -> None:
+    rows, previous = [], GENESIS
+    for position in (1, 2, 4):  # a gap in positions (a rolled-back insert) is fine
+        state = msgspec.json.encode({"timestamp": {"_data_": f"2026-11-24T12:00:0{position}"}})
+        row = _row(position, state, previous)
+        rows.append(row)
+        previous = row[-1]  # type: ignore[assignment]
+    verdict, at = walk(rows, checkpoint=2)
+    assert verdict.ok and verdict.position == 4 and verdict.head == previous
+    assert at == rows[1][-1]
+    altered = [rows[0], (*rows[1][:5], rows[1][5] + b" ", rows[1][6]), rows[2]]
+    verdict, _ = walk(altered)
+    assert not verdict.ok and verdict.broken_at == 2 and verdict.position == 1
+    removed = [rows[0], (2, None, None, None, None, None, rows[1][6]), rows[2]]
+    assert walk(removed)[0].broken_at == 2
+    unchained = [*rows, (5, 5, "agg", 5, "t", b"{}", None)]
+    assert walk(unchained)[0].broken_at == 5
