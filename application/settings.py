@@ -217,7 +217,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_workers=_int(env, "XENTREE_API_WORKERS", d.api_workers),
         public_base_url=env.get("XENTREE_PUBLIC_BASE_URL", "").strip()
         or f"http://{api_host}:{api_port}",
-        realtime_url=env.get("XENTREE_REALTIME_URL", "").strip() or d.realtime_url,
+        realtime_url=env.get("XENTREE_REALTIME_URL", "").strip() or _realtime_url(env, d),
         realtime_host=env.get("XENTREE_REALTIME_HOST", "").strip() or d.realtime_host,
         realtime_port=_int(env, "XENTREE_REALTIME_PORT", d.realtime_port),
         realtime_tls_cert=env.get("XENTREE_REALTIME_TLS_CERT", "").strip(),
@@ -282,3 +282,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit_grant=_int(env, "XENTREE_RATE_LIMIT_GRANT", d.rate_limit_grant),
         rate_limit_rotate=_int(env, "XENTREE_RATE_LIMIT_ROTATE", d.rate_limit_rotate),
     )
+
+
+def _realtime_url(env: Mapping[str, str], d: Settings) -> str:
+    """The bridge's own address when XENTREE_REALTIME_URL is unset (a wildcard bind host
+    is reached on loopback), so clients handed the URL find a bridge on another port."""
+    host = env.get("XENTREE_REALTIME_HOST", "").strip() or d.realtime_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    port = _int(env, "XENTREE_REALTIME_PORT", d.realtime_port)
+    tls = env.get("XENTREE_REALTIME_TLS_CERT", "").strip()
+    return f"{'wss' if tls else 'ws'}://{host}:{port}"

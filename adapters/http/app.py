@@ -12,6 +12,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from adapters.http.api_keys import ApiKeyController
 from adapters.http.audit import AuditController, EventSchemaController
+from adapters.http.demo import DemoController
 from adapters.http.health import HealthController
 from adapters.http.integration import IntegrationController
 from adapters.http.middleware import request_id_middleware
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         route_handlers=[SessionController, QuotaController, ApiKeyController, HealthController,
                         IntegrationController,
                         ProfileController, TranscriptController,
-                        AuditController, EventSchemaController],
+                        AuditController, EventSchemaController, DemoController],
         lifespan=[lifespan],
         before_request=refuse_while_database_down,
         middleware=[request_id_middleware],

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -44,6 +46,7 @@ class Report:
     projection_mismatches: list[str] = field(default_factory=list)
     server_errors: int = 0
     unavailable_answers: int = 0
+    rebuild_check: str = ""
 
     def line(self, fault: str) -> str:
         return (
@@ -136,7 +139,20 @@ class Stack:
         report.kafka_messages = sum(counts.values())
         report.events_missing_in_kafka = len(events - set(counts))
         self._compare_projections(report)
+        self._check_every_projection(report)
         return report
+
+    def _check_every_projection(self, report: Report) -> None:
+        """Every read model (profile, transcripts, revocations too) rebuilt from the store
+        and compared row by row with the live one."""
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "xentree-live"), "projections", "rebuild",
+             "--check"],
+            env=self.env, capture_output=True, text=True, timeout=300,
+        )
+        report.rebuild_check = done.stdout.strip().splitlines()[-1] if done.stdout else ""
+        if done.returncode != 0:
+            report.projection_mismatches.append(f"rebuild --check: {done.stdout[-2000:]}")
 
     def _wait_for_watermarks(self, position: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
