@@ -116,7 +116,23 @@ class LiveSession(Aggregate):
                         ended_at=now)
         self.apply_bill(bill)
 
-    @event("Billed")
+    class Billed(Aggregate.Event):
+        """`seconds` billed up to `bill_point`, at a heartbeat seen `at`.
+
+        Version 2 added `at` (the heartbeat's moment, from which the idle window runs).
+        Version 1 rows have none: an old heartbeat's moment is its bill point."""
+
+        class_version = 2
+
+        seconds: int
+        bill_point: datetime
+        at: datetime
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["at"] = state["bill_point"]
+
+    @event(Billed)
     def _billed(self, *, seconds: int, bill_point: datetime, at: datetime) -> None:
         self.session_seconds += seconds
         self.bill_point = bill_point

@@ -3,8 +3,11 @@ classes: each event's fields (minus what the envelope carries and what never lea
 database) become a msgspec Struct, and msgspec writes its schema. The envelope around it is
 the relay's own `Envelope` Struct, with `type` fixed to the event's type.
 
+Each schema carries its event class's `class_version` as `x-class-version`: a change to an
+event's shape must come with a version bump (and an `upcast_vN_vN+1` for the stored rows).
+
 `xentree-live audit schemas --write docs/events` keeps docs/events/ in step with the code;
-a unit test fails when they drift apart."""
+unit tests fail when they drift apart, and when a schema changes without a version bump."""
 
 from __future__ import annotations
 
@@ -66,6 +69,12 @@ def data_struct(aggregate: type[Aggregate], name: str, cls: type[Any]) -> type[m
     return msgspec.defstruct(f"{aggregate.__name__}{name}", fields, kw_only=True)
 
 
+def class_version(cls: type[Any]) -> int:
+    """The version eventsourcing stores with (and upcasts to) the event's state."""
+    version: int = getattr(cls, "class_version", 1)
+    return version
+
+
 def event_types() -> dict[str, type[msgspec.Struct]]:
     """`xentree.live.<Aggregate>.<Event>` -> the Struct of its `data`."""
     return {
@@ -75,7 +84,18 @@ def event_types() -> dict[str, type[msgspec.Struct]]:
     }
 
 
-def schema_of(event_type: str, data: type[msgspec.Struct]) -> dict[str, Any]:
+def event_versions() -> dict[str, int]:
+    """`xentree.live.<Aggregate>.<Event>` -> its event class's `class_version`."""
+    return {
+        f"{TYPE_PREFIX}{aggregate.__name__}.{name}": class_version(cls)
+        for aggregate in aggregates()
+        for name, cls in event_classes(aggregate).items()
+    }
+
+
+def schema_of(
+    event_type: str, data: type[msgspec.Struct], version: int = 1
+) -> dict[str, Any]:
     _, components = msgspec.json.schema_components([Envelope, data])
     defs = {k: v for k, v in components.items() if k != "Envelope"}
     body: dict[str, Any] = dict(components["Envelope"])
@@ -89,12 +109,17 @@ def schema_of(event_type: str, data: type[msgspec.Struct]) -> dict[str, Any]:
         **body,
         "title": event_type,
         "description": f"{event_type}: a CloudEvents 1.0 envelope on the live-events topic.",
+        "x-class-version": version,
         "$defs": defs,
     }
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    return {event_type: schema_of(event_type, data) for event_type, data in event_types().items()}
+    versions = event_versions()
+    return {
+        event_type: schema_of(event_type, data, versions[event_type])
+        for event_type, data in event_types().items()
+    }
 
 
 def render(schema: dict[str, Any]) -> bytes:
@@ -110,3 +135,31 @@ def write(directory: Path) -> list[Path]:
     for path, text in wanted.items():
         path.write_bytes(text)
     return sorted(wanted)
+
+
+def _shape(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k != "x-class-version"}
+
+
+def unversioned_changes(
+    published: dict[str, dict[str, Any]], generated: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Why each event type whose schema changed did not get a new `class_version` (a
+    changed shape must bump it, with an upcast for the rows already stored)."""
+    problems = []
+    for event_type in sorted(set(published) & set(generated)):
+        old, new = published[event_type], generated[event_type]
+        old_version = old.get("x-class-version", 1)
+        new_version = new.get("x-class-version", 1)
+        if new_version < old_version:
+            problems.append(
+                f"{event_type}: class_version went down from {old_version} to {new_version}"
+            )
+        elif _shape(old) != _shape(new) and new_version == old_version:
+            problems.append(
+                f"{event_type}: its schema changed but its class_version is still "
+                f"{old_version}; set class_version = {old_version + 1} on the event class, "
+                f"add an upcast_v{old_version}_v{old_version + 1}(state) for the stored "
+                "rows, then run `xentree-live audit schemas --write docs/events`"
+            )
+    return problems

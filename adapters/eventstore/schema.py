@@ -230,6 +230,11 @@ def infrastructure_env(settings: Settings, *, create_table: bool = False) -> dic
         # a database restart fails its statement, and the library retries on a fresh one.
         "POSTGRES_PRE_PING": "n",
         "POSTGRES_MAX_WAITING": "64",
+        # Aggregates stay in memory and are fast-forwarded with only their newer events
+        # on each load (one small query instead of snapshot + events); concurrent writers
+        # in other processes are still caught by optimistic concurrency on save.
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
         "CREATE_TABLE": "yes" if create_table else "no",
     }
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgspec
 
-from adapters.audit.event_schemas import render, schemas
+from adapters.audit.event_schemas import render, schemas, unversioned_changes
 from adapters.eventstore.chain import GENESIS, event_digest, link, walk
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
@@ -22,6 +22,30 @@ def test_published_schemas_match_the_code() -> None:
         assert published[event_type] == render(schema), (
             f"{event_type} changed: run `xentree-live audit schemas --write docs/events`"
         )
+
+
+def test_a_changed_schema_comes_with_a_class_version_bump() -> None:
+    published = {
+        p.name.removesuffix(".json"): msgspec.json.decode(p.read_bytes())
+        for p in DOCS.glob("*.json")
+    }
+    problems = unversioned_changes(published, schemas())
+    assert not problems, "\n".join(problems)
+
+
+def test_the_version_check_catches_a_change_without_a_bump() -> None:
+    generated = schemas()
+    billed = generated["xentree.live.LiveSession.Billed"]
+    assert billed["x-class-version"] == 2
+    assert generated["xentree.live.LiveSession.Ended"]["x-class-version"] == 1
+    changed = msgspec.json.decode(msgspec.json.encode(billed))
+    changed["$defs"]["LiveSessionBilled"]["required"].remove("at")
+    [problem] = unversioned_changes({"t": changed}, {"t": billed})
+    assert "class_version is still 2" in problem and "upcast_v2_v3" in problem
+    assert unversioned_changes({"t": changed}, {"t": {**billed, "x-class-version": 3}}) == []
+    lowered = unversioned_changes({"t": billed}, {"t": {**billed, "x-class-version": 1}})
+    assert "went down" in lowered[0]
+    assert unversioned_changes({"t": billed}, {"t": billed}) == []
 
 
 def test_every_aggregate_event_has_a_schema_without_secrets() -> None:
