@@ -6,8 +6,9 @@ and of read-model rebuilds, on an embedded PostgreSQL of its own.
 
 Writes are real commands through the application (start a session, one heartbeat, end:
 7 events in 3 transactions), run alternately against a database whose recorder chains
-every event and one whose recorder does not (the same LiveRecorder with `chain_events`
-off), each run on a fresh database of the same server, so the two are side by side.
+every event and one whose recorder does not (the same LiveRecorder calling an append
+function without the chain, created in that database only), each run on a fresh database
+of the same server, so the two are side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.audit.history import History
 from adapters.audit.rebuild import rebuild
 from adapters.eventstore import chain
+from adapters.eventstore.append import APPEND_CALL, APPEND_FUNCTION, append_function_ddl
 from adapters.eventstore.recorder import LiveRecorder
 from adapters.eventstore.schema import infrastructure_env, migrate
 from adapters.projector.runner import PROJECTIONS
@@ -40,11 +42,18 @@ from application.settings import Settings, parse_database_url
 from ops.stack import EmbeddedPostgres, free_port
 from tests.support.clock import Clock
 
+UNCHAINED = "xentree_append_unchained"
+
 
 class UnchainedRecorder(LiveRecorder):
     """The baseline: everything the recorder does, except extending the chain."""
 
-    chain_events = False
+    append_call = APPEND_CALL.replace(APPEND_FUNCTION, UNCHAINED)
+
+
+def _install_unchained(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(append_function_ddl(UNCHAINED, chained=False))
 
 
 def _database(admin_url: str, name: str) -> str:
@@ -114,6 +123,8 @@ def main() -> None:
                 url = _database(admin, f"bench_{mode}_{r}")
                 settings = Settings(database_url=url, state_dir=str(work / "state"))
                 migrate(settings)
+                if mode == "unchained":
+                    _install_unchained(url)
                 app = _app(settings, mode == "chained")
                 try:
                     t = time.monotonic()

@@ -7,33 +7,26 @@ Each stored event at notification position p gets one link:
 
 with the parts position (8 bytes, big-endian), aggregate id (text), version (8 bytes),
 topic (the event type), timestamp (ISO 8601, as stored) and the stored payload bytes. The
-first link chains from 32 zero bytes. Links are written by the recorder in the insert
-transaction, while the event table's EXCLUSIVE lock serialises writers, so link order is
-commit order. The previous link is read by the INSERT itself (no round trip).
+first link chains from 32 zero bytes. Links are written by the append function
+(adapters/eventstore/append.py, the same digest in SQL) in the insert transaction, while
+the event table's EXCLUSIVE lock serialises writers, so link order is commit order.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import psycopg
-from eventsourcing.persistence import StoredEvent
 from psycopg.rows import tuple_row
 
 from adapters.eventstore.history import CHAIN_TABLE, EVENTS_TABLE
 
 GENESIS = bytes(32)
 _TAG = b"xentree-live/event-chain/v1"
-
-INSERT_LINK = (
-    f"INSERT INTO {CHAIN_TABLE} (position, hash) SELECT %s, sha256(coalesce("  # noqa: S608
-    f"(SELECT hash FROM {CHAIN_TABLE} ORDER BY position DESC LIMIT 1), %s) || %s)"
-)
-
 
 class _Stamped(msgspec.Struct):
     timestamp: Any = None
@@ -72,14 +65,6 @@ def event_digest(
 
 def link(previous: bytes, digest: bytes) -> bytes:
     return hashlib.sha256(previous + digest).digest()
-
-
-def link_params(ids: Sequence[int], events: Sequence[StoredEvent]) -> list[tuple[Any, ...]]:
-    """INSERT_LINK parameters for a transaction's events, in position order."""
-    return [
-        (p, GENESIS, event_digest(p, e.originator_id, e.originator_version, e.topic, e.state))
-        for p, e in sorted(zip(ids, events, strict=True), key=lambda pair: pair[0])
-    ]
 
 
 # ---- verification ---------------------------------------------------------------------

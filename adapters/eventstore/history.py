@@ -4,10 +4,10 @@ role may only read and append to them (privileges).
 
 Schema setup (`migrate`) runs as the owner. Application processes switch to the role
 named by XENTREE_DATABASE_ROLE on connect (`-c role=...`), which holds SELECT and INSERT
-on history and ordinary DML on everything derived. The eventsourcing recorder serialises
-writers with `LOCK TABLE ... IN EXCLUSIVE MODE`, which PostgreSQL grants only to holders of
-UPDATE, DELETE or TRUNCATE; the role instead calls `xentree_lock_events()`, a SECURITY
-DEFINER function that takes the same lock for the calling transaction.
+on history and ordinary DML on everything derived. Writers are serialised with
+`LOCK TABLE ... IN EXCLUSIVE MODE`, which PostgreSQL grants only to holders of UPDATE,
+DELETE or TRUNCATE; the role appends through `xentree_append` (adapters/eventstore/
+append.py), a SECURITY DEFINER function that takes the lock and can do nothing but append.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ SCHEMA = "public"
 EVENTS_TABLE = "xentree_live_events"
 CHAIN_TABLE = "event_chain"
 HISTORY_TABLES = (EVENTS_TABLE, CHAIN_TABLE)
-LOCK_FUNCTION = "xentree_lock_events"
 
 CHAIN_DDL = f"""
 CREATE TABLE IF NOT EXISTS {CHAIN_TABLE} (
@@ -30,18 +29,12 @@ CREATE TABLE IF NOT EXISTS {CHAIN_TABLE} (
 );
 """
 
-TRIGGERS = f"""
+TRIGGERS = """
 CREATE OR REPLACE FUNCTION xentree_refuse_history_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'history is append-only: % on % refused', TG_OP, TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege';
-END
-$$;
-CREATE OR REPLACE FUNCTION {SCHEMA}.{LOCK_FUNCTION}() RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-BEGIN
-    LOCK TABLE {SCHEMA}.{EVENTS_TABLE} IN EXCLUSIVE MODE;
 END
 $$;
 """
@@ -110,8 +103,3 @@ def _grant(conn: psycopg.Connection[Any], role: str) -> None:
                 sql.Identifier(table), ident
             )
         )
-    conn.execute(
-        sql.SQL("GRANT EXECUTE ON FUNCTION {}.{}() TO {}").format(
-            schema, sql.Identifier(LOCK_FUNCTION), ident
-        )
-    )

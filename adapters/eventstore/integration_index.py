@@ -16,8 +16,6 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.utils import get_topic
-from psycopg import Cursor
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from domain.integration_grant import IntegrationGrant
@@ -47,59 +45,61 @@ def _datetime(encoded: Any) -> datetime:
     return datetime.fromisoformat(encoded["_data_"])
 
 
-def write_integration_rows(curs: Cursor[DictRow], e: StoredEvent) -> None:
-    """Update the write-side integration tables for one event of a topic in TOPICS."""
+def integration_rows(e: StoredEvent) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that update the write-side integration tables for one event of a
+    topic in TOPICS."""
     state = _decoder.decode(e.state)
     if e.topic == KEY_CREATED:
-        curs.execute(
+        return [(
             "INSERT INTO signing_keys (aggregate_id, kid, tenant_id, algorithm, public_jwk,"
             " created_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (e.originator_id, state["kid"], state["tenant_id"], state["algorithm"],
              Jsonb(state["public_jwk"]), _datetime(state["created_at"])),
-        )
-    elif e.topic == KEY_SUPERSEDED:
-        curs.execute(
+        )]
+    if e.topic == KEY_SUPERSEDED:
+        return [(
             "UPDATE signing_keys SET published_until = %s WHERE aggregate_id = %s",
             (_datetime(state["published_until"]), e.originator_id),
-        )
-    elif e.topic == KEY_RETIRED:
-        curs.execute(
+        )]
+    if e.topic == KEY_RETIRED:
+        return [(
             "UPDATE signing_keys SET retired_at = %s WHERE aggregate_id = %s",
             (_datetime(state["retired_at"]), e.originator_id),
-        )
-    elif e.topic == TENANT_REGISTERED:
-        curs.execute(
+        )]
+    if e.topic == TENANT_REGISTERED:
+        return [(
             "INSERT INTO integration_tenants (aggregate_id, tenant_id) VALUES (%s, %s) "
             "ON CONFLICT DO NOTHING",
             (e.originator_id, state["tenant_id"]),
-        )
-    elif e.topic == KEY_ACTIVATED:
-        curs.execute(
+        )]
+    if e.topic == KEY_ACTIVATED:
+        return [(
             "UPDATE integration_tenants SET current_kid = %s WHERE aggregate_id = %s",
             (state["kid"], e.originator_id),
-        )
-    elif e.topic == ALL_REVOKED:
-        curs.execute(
+        )]
+    if e.topic == ALL_REVOKED:
+        return [(
             "UPDATE integration_tenants SET revoked_before = "
             "GREATEST(revoked_before, %s) WHERE aggregate_id = %s",
             (_datetime(state["issued_before"]), e.originator_id),
-        )
-    elif e.topic == GRANTED:
-        curs.execute(
+        )]
+    if e.topic == GRANTED:
+        return [(
             "INSERT INTO integration_grants (grant_id, jti, tenant_id, subject, kid, issued_at,"
             " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             (e.originator_id, state["jti"], state["tenant_id"], state["subject"], state["kid"],
              _datetime(state["issued_at"]), _datetime(state["expires_at"])),
-        )
-    elif e.topic in (GRANT_REVOKED, GRANT_ROTATED):
+        )]
+    if e.topic in (GRANT_REVOKED, GRANT_ROTATED):
         rotated = e.topic == GRANT_ROTATED
         at = _datetime(state["rotated_at" if rotated else "revoked_at"])
-        curs.execute(
+        return [(
             "INSERT INTO revoked_tokens (jti, tenant_id, revoked_at, expires_at, reason) "
             "SELECT jti, tenant_id, %s, expires_at, %s FROM integration_grants "
             "WHERE grant_id = %s ON CONFLICT DO NOTHING",
             (at, "rotated" if rotated else state["reason"], e.originator_id),
-        )
+        )]
+    return []
 
 
 class IntegrationIndexQueries:

@@ -9,7 +9,9 @@ same transaction as a command's events:
   which every verify reads (adapters/eventstore/integration_index.py);
 - one hash-chain link per event, in commit order (adapters/eventstore/chain.py).
 
-A second insert of the same idempotency key fails the whole transaction with an
+The events, the idempotency answer and the chain go in through one database function
+(adapters/eventstore/append.py); index rows, when an event needs any, go first in the
+same transaction. A second insert of the same idempotency key fails the whole transaction with an
 IntegrityError (a RecordConflictError), exactly like a concurrent write to an aggregate.
 """
 
@@ -20,17 +22,15 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.utils import get_topic
-from psycopg import Cursor
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from eventsourcing.utils import get_topic, retry
 
-from adapters.eventstore.chain import INSERT_LINK, link_params
-from adapters.eventstore.history import LOCK_FUNCTION
+from adapters.eventstore.append import APPEND_CALL
+from adapters.eventstore.chain import stored_timestamp
+from adapters.eventstore.history import EVENTS_TABLE
 from adapters.eventstore.integration_index import TOPICS as INTEGRATION_TOPICS
-from adapters.eventstore.integration_index import IntegrationIndexQueries, write_integration_rows
+from adapters.eventstore.integration_index import IntegrationIndexQueries, integration_rows
 from application.idempotency import IdempotencyRecord, StoredAnswer
 from domain.api_key import ApiKey
 from domain.session import LiveSession
@@ -48,82 +48,91 @@ def _datetime(encoded: Any) -> datetime:
     return datetime.fromisoformat(encoded["_data_"])
 
 
+def _index_rows(e: StoredEvent) -> list[tuple[str, tuple[Any, ...]]]:
+    """The write-side index statements an event needs (none for most events)."""
+    if e.topic == SESSION_STARTED:
+        state = _state_decoder.decode(e.state)
+        return [(
+            "INSERT INTO active_sessions (session_id, credential, credential_id) "
+            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (e.originator_id, state.get("credential"), state.get("credential_id")),
+        )]
+    if e.topic == SESSION_ENDED:
+        return [("DELETE FROM active_sessions WHERE session_id = %s", (e.originator_id,))]
+    if e.topic == KEY_ISSUED:
+        state = _state_decoder.decode(e.state)
+        return [(
+            "INSERT INTO api_keys (aggregate_id, key_id, key_hash, tenant_id, user_id,"
+            " name, scopes, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (
+                e.originator_id,
+                state["key_id"],
+                state["key_hash"],
+                state["tenant_id"],
+                state["user_id"],
+                state["name"],
+                " ".join(state["scopes"]),
+                _datetime(state["issued_at"]),
+            ),
+        )]
+    if e.topic == KEY_REVOKED:
+        return [(
+            "UPDATE api_keys SET revoked_at = %s WHERE aggregate_id = %s",
+            (_datetime(_state_decoder.decode(e.state)["revoked_at"]), e.originator_id),
+        )]
+    if e.topic in INTEGRATION_TOPICS:
+        return integration_rows(e)
+    return []
+
+
 class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
     """Also the application's durable IdempotencyStore."""
 
-    # Off only in the throughput benchmark's baseline (ops/bench_audit.py).
-    chain_events = True
+    # The database function that appends (adapters/eventstore/append.py); the chain-cost
+    # benchmark's baseline swaps in an unchained one of its own database.
+    append_call = APPEND_CALL
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        # The application role may not LOCK the append-only table itself (that needs
-        # UPDATE or DELETE privilege); a SECURITY DEFINER function takes the same lock.
-        self.lock_table_statements[-1] = SQL("SELECT {}.{}()").format(
-            Identifier(datastore.schema), Identifier(LOCK_FUNCTION)
-        )
+        if events_table_name != EVENTS_TABLE:
+            raise ValueError(f"the append function writes {EVENTS_TABLE} only")
+        self._lock_timeout = f"{datastore.lock_timeout}s"
 
-    def _insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        record: IdempotencyRecord | None = kwargs.get("idempotency")
-        if record is not None:
-            curs.execute(
-                "INSERT INTO idempotency (owner, key, fingerprint, status, body) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (record.owner, record.key, record.fingerprint, record.status, record.body),
-            )
-        for e in stored_events:
-            if e.topic == SESSION_STARTED:
-                state = _state_decoder.decode(e.state)
-                curs.execute(
-                    "INSERT INTO active_sessions (session_id, credential, credential_id) "
-                    "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    (e.originator_id, state.get("credential"), state.get("credential_id")),
-                )
-            elif e.topic == SESSION_ENDED:
-                curs.execute(
-                    "DELETE FROM active_sessions WHERE session_id = %s", (e.originator_id,)
-                )
-            elif e.topic == KEY_ISSUED:
-                state = _state_decoder.decode(e.state)
-                curs.execute(
-                    "INSERT INTO api_keys (aggregate_id, key_id, key_hash, tenant_id, user_id,"
-                    " name, scopes, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT DO NOTHING",
-                    (
-                        e.originator_id,
-                        state["key_id"],
-                        state["key_hash"],
-                        state["tenant_id"],
-                        state["user_id"],
-                        state["name"],
-                        " ".join(state["scopes"]),
-                        _datetime(state["issued_at"]),
-                    ),
-                )
-            elif e.topic == KEY_REVOKED:
-                curs.execute(
-                    "UPDATE api_keys SET revoked_at = %s WHERE aggregate_id = %s",
-                    (_datetime(_state_decoder.decode(e.state)["revoked_at"]), e.originator_id),
-                )
-            elif e.topic in INTEGRATION_TOPICS:
-                write_integration_rows(curs, e)
-        super()._insert_events(curs, stored_events, **kwargs)
-
-    def _fetch_ids_after_insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        if ids and self.chain_events:
-            # Still under the table lock: links are appended in commit order.
-            curs.executemany(INSERT_LINK, link_params(ids, stored_events))
+        """Append in one call of the append function. Events that also change a
+        write-side index (session started or ended, API keys, integration tokens) send
+        those rows first, in the same transaction, pipelined."""
         record: IdempotencyRecord | None = kwargs.get("idempotency")
-        if record is not None and ids:
-            curs.execute(
-                "UPDATE idempotency SET position = %s WHERE owner = %s AND key = %s",
-                (max(ids), record.owner, record.key),
-            )
-        return ids
+        params = (
+            [
+                self.construct_pg_stored_event(
+                    e.originator_id, e.originator_version, e.topic, e.state
+                )
+                for e in stored_events
+            ],
+            [stored_timestamp(e.state) for e in stored_events],
+            self._lock_timeout,
+            *(
+                (record.owner, record.key, record.fingerprint, record.status, record.body)
+                if record is not None
+                else (None, None, None, None, None)
+            ),
+        )
+        side = [statement for e in stored_events for statement in _index_rows(e)]
+        with self.datastore.get_connection() as conn:
+            if not side:
+                with conn.cursor() as curs:
+                    curs.execute(self.append_call, params, prepare=True)
+                    return [row["position"] for row in curs.fetchall()]
+            with conn.pipeline(), conn.transaction(), conn.cursor() as curs:
+                for statement, args in side:
+                    curs.execute(statement, args)
+                curs.execute(self.append_call, params, prepare=True)
+                return [row["position"] for row in curs.fetchall()]
 
     # ---- IdempotencyStore -----------------------------------------------------------
 

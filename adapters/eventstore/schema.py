@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import psycopg
 
+from adapters.eventstore import append
 from adapters.eventstore.chain import backfill
 from adapters.eventstore.history import secure_history
 from application.settings import Settings, parse_database_url
@@ -259,6 +260,7 @@ def migrate(settings: Settings) -> None:
                 conn.execute(TABLES)
             with conn.transaction():
                 secure_history(conn, db.role)
+                append.install(conn, db.role)
                 backfill(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))

@@ -6,13 +6,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import msgspec
 import psycopg
 import pytest
 
 from adapters.bootstrap import build_application
-from adapters.eventstore.chain import verify
+from adapters.eventstore.chain import event_digest, stored_timestamp, verify
 from adapters.eventstore.schema import migrate
 from application.live import LiveApplication
 from application.settings import Settings
@@ -118,6 +119,31 @@ def test_chain_stays_correct_with_concurrent_writers(
     assert verdict.ok, verdict
     assert verdict.events == events == links
     assert verdict.position == top
+
+
+@pytest.mark.parametrize(
+    ("position", "topic", "state"),
+    [
+        (1, "domain.session:LiveSession.Started",
+         b'{"timestamp": {"_type_": "datetime_iso", "_data_": "2026-12-01T10:00:00+00:00"}}'),
+        (2**40 + 7, "t\u00e9\u00f1 \U0001f600", '{"timestamp": "caf\u00e9"}'.encode()),
+        (99, "x", b'{"no_timestamp": true}'),
+        (5, "binary", bytes(range(256)) * 300),
+    ],
+)
+def test_the_databases_digest_is_the_verifiers_digest(
+    settings: Settings, position: int, topic: str, state: bytes
+) -> None:
+    """The append function chains in SQL (given the stamp the recorder reads in Python);
+    `audit verify` recomputes it all in Python."""
+    aggregate = uuid4()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xentree_event_digest(%s, %s, %s, %s, %s, %s)",
+            (position, aggregate, 3, topic, stored_timestamp(state), state),
+        ).fetchone()
+    assert row is not None
+    assert bytes(row[0]) == event_digest(position, aggregate, 3, topic, state)
 
 
 def _tamper(url: str, *statements: str) -> None:

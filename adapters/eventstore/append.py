@@ -1,0 +1,120 @@
+"""One database function that appends a command's events: `xentree_append`.
+
+It takes the event table's EXCLUSIVE lock (so positions are issued in commit order, as the
+eventsourcing recorder does it), records the command's idempotency answer, inserts the
+events, extends the hash chain (adapters/eventstore/chain.py) and notifies the relay, all
+in one statement: one round trip per command instead of the pipelined transaction of
+several statements the library sends. It is SECURITY DEFINER because only the owner may
+take that lock; it can do nothing but append.
+
+The chain digest computed here must equal `chain.event_digest` byte for byte (a unit test
+and every `audit verify` check it); the event's stored timestamp comes from the caller,
+computed by `chain.stored_timestamp`, so both sides read it the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from adapters.eventstore.history import CHAIN_TABLE, EVENTS_TABLE, SCHEMA
+
+APPEND_FUNCTION = "xentree_append"
+DIGEST_FUNCTION = "xentree_event_digest"
+STORED_EVENT_TYPE = "stored_event_uuid"  # the eventsourcing recorder's composite type
+
+DIGEST_DDL = f"""
+CREATE OR REPLACE FUNCTION {SCHEMA}.{DIGEST_FUNCTION}(
+    pos bigint, aggregate_id uuid, version bigint, topic text, stamp text, state bytea
+) RETURNS bytea LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT sha256(
+        convert_to('xentree-live/event-chain/v1', 'UTF8')
+        || int8send(8::bigint) || int8send(pos)
+        || int8send(octet_length(aggregate_id::text)::bigint)
+        || convert_to(aggregate_id::text, 'UTF8')
+        || int8send(8::bigint) || int8send(version)
+        || int8send(octet_length(convert_to(topic, 'UTF8'))::bigint)
+        || convert_to(topic, 'UTF8')
+        || int8send(octet_length(convert_to(stamp, 'UTF8'))::bigint)
+        || convert_to(stamp, 'UTF8')
+        || int8send(octet_length(state)::bigint) || state
+    )
+$$;
+"""
+
+
+def append_function_ddl(name: str = APPEND_FUNCTION, *, chained: bool = True) -> str:
+    """The append function. `chained=False` only for the chain-cost benchmark's baseline
+    (a database of its own): an unchained event is exactly what `audit verify` reports."""
+    chain = (
+        f"""
+        previous := sha256(previous || {SCHEMA}.{DIGEST_FUNCTION}(
+            at, (events[k]).originator_id, (events[k]).originator_version,
+            (events[k]).topic, stamps[k], (events[k]).state));
+        INSERT INTO {SCHEMA}.{CHAIN_TABLE} (position, hash) VALUES (at, previous);"""
+        if chained
+        else ""
+    )
+    return f"""
+CREATE OR REPLACE FUNCTION {SCHEMA}.{name}(
+    events {SCHEMA}.{STORED_EVENT_TYPE}[],
+    stamps text[],
+    lock_timeout text,
+    idem_owner text,
+    idem_key text,
+    idem_fingerprint text,
+    idem_status integer,
+    idem_body bytea
+) RETURNS SETOF bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    previous bytea;
+    at bigint;
+BEGIN
+    PERFORM set_config('lock_timeout', lock_timeout, true);
+    LOCK TABLE {SCHEMA}.{EVENTS_TABLE} IN EXCLUSIVE MODE;
+    IF idem_key IS NOT NULL THEN
+        INSERT INTO {SCHEMA}.idempotency (owner, key, fingerprint, status, body)
+        VALUES (idem_owner, idem_key, idem_fingerprint, idem_status, idem_body);
+    END IF;
+    NOTIFY {EVENTS_TABLE};
+    SELECT hash INTO previous FROM {SCHEMA}.{CHAIN_TABLE} ORDER BY position DESC LIMIT 1;
+    previous := coalesce(previous, '\\x{"00" * 32}'::bytea);
+    FOR k IN 1 .. coalesce(array_length(events, 1), 0) LOOP
+        INSERT INTO {SCHEMA}.{EVENTS_TABLE} (originator_id, originator_version, topic, state)
+        VALUES ((events[k]).originator_id, (events[k]).originator_version,
+                (events[k]).topic, (events[k]).state)
+        RETURNING notification_id INTO at;{chain}
+        RETURN NEXT at;
+    END LOOP;
+    IF idem_key IS NOT NULL THEN
+        UPDATE {SCHEMA}.idempotency SET position = at
+        WHERE owner = idem_owner AND key = idem_key;
+    END IF;
+END
+$$;
+"""
+
+
+APPEND_SIGNATURE = (
+    f"{APPEND_FUNCTION}({SCHEMA}.{STORED_EVENT_TYPE}[], text[], text, text, text, text, "
+    "integer, bytea)"
+)
+APPEND_CALL = (
+    f"SELECT {SCHEMA}.{APPEND_FUNCTION}(%s, %s, %s, %s, %s, %s, %s, %s) AS position"
+)
+
+
+def install(conn: psycopg.Connection[Any], role: str) -> None:
+    """Create (or replace) the digest and append functions; run by `migrate` as the owner,
+    after the history tables exist."""
+    conn.execute(DIGEST_DDL)
+    conn.execute(append_function_ddl())
+    if role:
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION {}.{} TO {}").format(
+                sql.Identifier(SCHEMA), sql.SQL(APPEND_SIGNATURE), sql.Identifier(role)
+            )
+        )
