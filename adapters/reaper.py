@@ -1,6 +1,7 @@
 """The idle-session reaper: ends sessions idle past the timeout or past a limit.
 
-Safe with several reapers: each end is a command on the session and its ledger under
+Each pass loads only the sessions that may be due (see `Reaper`). Safe with several
+reapers: each end is a command on the session and its ledger under
 optimistic concurrency, so two reapers (or a reaper and a late heartbeat) cannot both end
 or bill the same session; the loser reloads and finds it already ended."""
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from adapters.bootstrap import build_application, recorder_of
@@ -25,27 +26,56 @@ def active_session_ids(app: LiveApplication) -> list[UUID]:
         return [row["session_id"] for row in curs.fetchall()]
 
 
-def reap_once(app: LiveApplication, now: Callable[[], datetime]) -> dict[str, str]:
-    """One pass over the active sessions; the ones ended, with their reasons."""
-    ended: dict[str, str] = {}
-    # Revoke ends its token's sessions before answering; a session whose start committed
-    # just after that sweep (it authenticated before the revoke) is ended here.
-    for session_id in recorder_of(app).sessions_with_revoked_tokens():
-        if app.end_for(session_id, "token_revoked", now):
-            ended[str(session_id)] = "token_revoked"
-    for session_id in active_session_ids(app):
-        reason = app.reap(session_id, now)
-        if reason is not None:
-            ended[str(session_id)] = reason
-    return ended
+# A session's due time can only come sooner when another session of its user spends the
+# quota it was counting on, or a plan shrinks it: look at every session this often anyway.
+RECHECK_SECONDS = 5.0
+
+
+class Reaper:
+    """Passes over the active sessions, loading each only when it may be due: when it was
+    last looked at, the reaper learned when it would end if no heartbeat came, and a
+    heartbeat only moves that later. The bill never depends on when the reaper comes (it
+    is decided from the session's own history), only how soon an ended session says so."""
+
+    def __init__(self, app: LiveApplication, now: Callable[[], datetime]) -> None:
+        self._app = app
+        self._now = now
+        self._due: dict[UUID, datetime] = {}
+
+    def pass_once(self) -> dict[str, str]:
+        """One pass; the sessions it ended, with their reasons."""
+        ended: dict[str, str] = {}
+        # Revoke ends its token's sessions before answering; a session whose start
+        # committed just after that sweep (it authenticated before the revoke) ends here.
+        for session_id in recorder_of(self._app).sessions_with_revoked_tokens():
+            if self._app.end_for(session_id, "token_revoked", self._now):
+                ended[str(session_id)] = "token_revoked"
+        active = active_session_ids(self._app)
+        still = set(active)
+        self._due = {sid: due for sid, due in self._due.items() if sid in still}
+        for session_id in active:
+            due = self._due.get(session_id)
+            if due is not None and due > self._now():
+                continue
+            reaped = self._app.reap(session_id, self._now)
+            if reaped.end_reason is not None:
+                ended[str(session_id)] = reaped.end_reason
+            if reaped.due is None:
+                self._due.pop(session_id, None)
+            else:
+                self._due[session_id] = min(
+                    reaped.due, self._now() + timedelta(seconds=RECHECK_SECONDS)
+                )
+        return ended
 
 
 def run_reaper(settings: Settings, stop: threading.Event, now: Callable[[], datetime]) -> None:
     app = build_application(settings)
+    reaper = Reaper(app, now)
     try:
         while not stop.is_set():
             try:
-                for session_id, reason in reap_once(app, now).items():
+                for session_id, reason in reaper.pass_once().items():
                     log.info("ended session %s: %s", session_id, reason)
             except Exception:  # keep reaping after a database blip; the next pass retries
                 log.exception("reaper pass failed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -46,6 +47,15 @@ A = TypeVar("A", bound=Aggregate)
 
 MAX_ATTEMPTS = 30
 CLIENT_END_REASONS: tuple[str, ...] = ("client", "client_disconnected", "upstream_lost")
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What the reaper did to a session: ended it (`end_reason`), or left it until `due`,
+    when it will end unless a heartbeat comes first (None: nothing to wait for)."""
+
+    end_reason: str | None
+    due: datetime | None
 
 
 # What a decision hands back: the aggregates to save, the status, and the result (or an
@@ -278,24 +288,24 @@ class LiveApplication(
             return True
         return False
 
-    def reap(self, session_id: UUID, now: Callable[[], datetime]) -> str | None:
-        """End the session if it is idle or past a limit; the end reason, or None."""
+    def reap(self, session_id: UUID, now: Callable[[], datetime]) -> Reaped:
+        """End the session if it is idle or past a limit; else say when it will be due."""
         for _ in range(MAX_ATTEMPTS):
             session = self.load(LiveSession, session_id)
             if session is None or not session.is_active:
-                return None
+                return Reaped(None, None)
             ledger = self._ledger_of(session)
             bill = session.decide_reap(now(), ledger.remaining_seconds)
             if bill is None:
-                return None
+                return Reaped(None, session.reap_due(ledger.remaining_seconds))
             session.apply_bill(bill)
             ledger.charge(str(session.id), bill.seconds, ended=True)
             try:
                 self.save(session, ledger)
             except RecordConflictError:
                 continue
-            return bill.end_reason
-        return None
+            return Reaped(bill.end_reason, None)
+        return Reaped(None, None)
 
     def assign_plan(
         self,

@@ -99,6 +99,27 @@ def bill_gap(
     return Bill(seconds=seconds, bill_point=next_point)
 
 
+def reap_due(
+    *,
+    bill_point: datetime,
+    idle_timeout_seconds: int,
+    remaining_quota: int,
+    session_seconds: int,
+    max_session_seconds: int,
+    last_seen: datetime | None = None,
+) -> datetime:
+    """The first moment `reap_decision` ends the session if nothing else happens to it
+    first: the end of its idle window, or its limit when that comes sooner."""
+    seen = bill_point if last_seen is None else max(last_seen, bill_point)
+    live_until = seen + timedelta(seconds=idle_timeout_seconds)
+    allowed, _ = seconds_allowed(
+        remaining_quota=remaining_quota,
+        session_seconds=session_seconds,
+        max_session_seconds=max_session_seconds,
+    )
+    return min(live_until, bill_point + timedelta(seconds=allowed))
+
+
 def reap_decision(
     *,
     bill_point: datetime,

@@ -8,7 +8,14 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.billing import Bill, EndReason, bill_gap, reap_decision, session_ends_at
+from domain.billing import (
+    Bill,
+    EndReason,
+    bill_gap,
+    reap_decision,
+    reap_due,
+    session_ends_at,
+)
 from domain.errors import SessionNotActive
 
 SESSION_TYPES: tuple[str, ...] = ("voice", "avatar")
@@ -88,6 +95,19 @@ class LiveSession(Aggregate):
         return reap_decision(
             bill_point=self.bill_point,
             now=now,
+            idle_timeout_seconds=self.idle_timeout_seconds,
+            remaining_quota=remaining_quota,
+            session_seconds=self.session_seconds,
+            max_session_seconds=self.max_session_seconds,
+            last_seen=self.last_seen,
+        )
+
+    def reap_due(self, remaining_quota: int) -> datetime | None:
+        """When the reaper should end this session if no heartbeat comes (None: ended)."""
+        if not self.is_active:
+            return None
+        return reap_due(
+            bill_point=self.bill_point,
             idle_timeout_seconds=self.idle_timeout_seconds,
             remaining_quota=remaining_quota,
             session_seconds=self.session_seconds,

@@ -225,7 +225,7 @@ class BillingMachine(RuleBasedStateMachine):
         over = self.model.overdue(s)
         ended = self.harness.client.app.state.services.live.reap(
             UUID(s.session_id), self.harness.clock
-        )
+        ).end_reason
         if over is None:
             assert ended is None
             return

@@ -14,6 +14,7 @@ from domain.billing import (
     Bill,
     bill_gap,
     reap_decision,
+    reap_due,
     seconds_allowed,
     session_ends_at,
 )
@@ -305,6 +306,38 @@ def test_reaper_ignores_a_limit_beyond_the_idle_window() -> None:
 def test_reaper_ends_a_session_with_no_quota_left_immediately() -> None:
     b = reap(bp=5, now=5, remaining=0)
     assert b == Bill(seconds=0, bill_point=at(5), end_reason="quota_exceeded", ended_at=at(5))
+
+
+@given(
+    bp_us=st.integers(0, 10**9),
+    seen_us=st.integers(-(10**7), 10**8),
+    before_us=st.integers(1, 10**8),
+    idle=st.integers(1, 300),
+    remaining=st.integers(-10, 5_000),
+    session_seconds=st.integers(0, 5_000),
+    max_session=st.integers(1, 5_000),
+)
+def test_reap_due_is_the_first_moment_the_reaper_ends_the_session(
+    bp_us: int,
+    seen_us: int,
+    before_us: int,
+    idle: int,
+    remaining: int,
+    session_seconds: int,
+    max_session: int,
+) -> None:
+    """The reaper may leave a session alone until its due time, and no longer."""
+    state = {
+        "bill_point": T0 + timedelta(microseconds=bp_us),
+        "idle_timeout_seconds": idle,
+        "remaining_quota": remaining,
+        "session_seconds": session_seconds,
+        "max_session_seconds": max_session,
+        "last_seen": T0 + timedelta(microseconds=bp_us + seen_us),
+    }
+    due = reap_due(**state)
+    assert reap_decision(now=due, **state) is not None
+    assert reap_decision(now=due - timedelta(microseconds=before_us), **state) is None
 
 
 @given(
