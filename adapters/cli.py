@@ -68,11 +68,9 @@ def cmd_relay(settings: Settings, _args: argparse.Namespace) -> str:
 
 
 def cmd_project(settings: Settings, args: argparse.Namespace) -> str:
-    from adapters.projector.runner import run_projectors
+    from adapters.projector.runner import PROJECTIONS, run_projectors
 
-    names = tuple(args.projection) if args.projection else (
-        "quota", "sessions", "profile", "transcripts", "revocations", "revocation_cutoffs"
-    )
+    names = tuple(args.projection) if args.projection else tuple(PROJECTIONS)
     run_projectors(settings, _stop_on_signals(), names=names)
     return "projectors stopped"
 

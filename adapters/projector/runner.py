@@ -1,5 +1,13 @@
-"""Projection workers: a Kafka consumer group per projection, applying each polled batch to
-its read-model table and its per-partition tracking in one PostgreSQL transaction.
+"""Projection workers: one Kafka consumer per projector process, applying each polled
+batch to every read model the process keeps and to each one's per-partition tracking, in
+one PostgreSQL transaction.
+
+One consumer for all the read models, not a consumer group per projection: each group
+fetches, checks and decodes every message of the topic, and commits its own transaction
+per poll, so six groups cost the broker, the projector and PostgreSQL six times the work
+for the same events (measured in README "Performance"). Each read model keeps its own
+tracking rows and its own watermark, so one can be rebuilt, or run in a process of its
+own (`xentree-live project quota`, its own group), without touching the others.
 
 PostgreSQL, not Kafka's committed offsets, is the truth for progress: on assignment each
 partition is sought to the offset after the last one applied there. Rows take an event only
@@ -27,7 +35,6 @@ import msgspec
 import psycopg
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import OffsetAndMetadata
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
@@ -45,6 +52,7 @@ R = TypeVar("R", bound=msgspec.Struct)
 
 POLL_TIMEOUT_MS = 200
 TOPIC_CHECK_SECONDS = 2.0
+OFFSET_COMMIT_SECONDS = 5.0
 RETRY_SECONDS = 1.0
 # Tansu completes a group join only after about half the session timeout, and the
 # rebalance timeout (max poll interval) must be short for the first join to finish.
@@ -106,25 +114,33 @@ class Projector:
     def __init__(
         self,
         settings: Settings,
-        name: str,
-        projection: ProjectionSpec[Any] | None = None,
-        *,
+        *names: str,
         group_id: str | None = None,
     ) -> None:
+        if not names:
+            raise ValueError("a projector needs at least one projection")
+        unknown = [n for n in names if n not in PROJECTIONS]
+        if unknown:
+            raise ValueError(f"unknown projection(s): {', '.join(unknown)}")
         self.settings = settings
-        self.name = name
-        self.spec = projection if projection is not None else PROJECTIONS[name]
+        self.names = tuple(dict.fromkeys(names))
+        self.specs = {name: PROJECTIONS[name] for name in self.names}
         self.topic = settings.kafka_topic
-        # One group per projection and topic: two deployments (or test stacks) sharing a
-        # broker must not join one group with different subscriptions.
-        self.group_id = group_id or f"xentree-live.{name}.{self.topic}"
+        # One group per set of projections and topic: two deployments (or test stacks)
+        # sharing a broker must not join one group with different subscriptions.
+        self.group_id = group_id or f"xentree-live.{'+'.join(self.names)}.{self.topic}"
         self._conn: psycopg.Connection[Any] | None = None
         self._admin: KafkaAdminClient | None = None
         self._consumer: KafkaConsumer | None = None
         self._topic_id: str | None = None
         self._topic_checked_at = 0.0
-        # partition -> (position, kafka_offset) as last recorded, for the idle step.
-        self._progress: dict[int, tuple[int, int]] = {}
+        self._committed_at = 0.0
+        # projection -> partition -> (position, kafka_offset) as last recorded.
+        self._progress: dict[str, dict[int, tuple[int, int]]] = {n: {} for n in self.names}
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.names)
 
     # ---- the loop -------------------------------------------------------------------
 
@@ -154,15 +170,8 @@ class Projector:
             self._advance_idle(consumer)
             return 0
         self.apply_records(polled)
-        offsets = {
-            tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
-            for tp, records in polled.items()
-        }
-        try:
-            consumer.commit(offsets)
-        except Exception:
-            # Informational only: progress is read back from PostgreSQL.
-            log.debug("committing offsets of %s to Kafka failed", self.name, exc_info=True)
+        if time.monotonic() - self._committed_at > OFFSET_COMMIT_SECONDS:
+            self._commit_offsets(consumer)
         if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
             self._check_topic()
         return sum(len(records) for records in polled.values())
@@ -176,11 +185,12 @@ class Projector:
     # ---- applying -------------------------------------------------------------------
 
     def apply_records(self, polled: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
-        """Apply a batch and record each partition's progress, in one transaction."""
+        """Apply a batch to every read model and record each one's progress, in one
+        transaction."""
         envelopes: list[Envelope] = []
-        progress: dict[int, tuple[int, int]] = {}
+        batch: dict[int, tuple[int, int]] = {}
         for tp, records in polled.items():
-            position = self._progress.get(tp.partition, (0, -1))[0]
+            position = 0
             for record in records:
                 try:
                     envelope = decode(record.value)
@@ -189,19 +199,31 @@ class Projector:
                     continue
                 envelopes.append(envelope)
                 position = max(position, envelope.position)
-            progress[tp.partition] = (position, records[-1].offset)
+            batch[tp.partition] = (position, records[-1].offset)
+        progress = {
+            name: {
+                partition: (max(position, self._progress[name].get(partition, (0, -1))[0]),
+                            offset)
+                for partition, (position, offset) in batch.items()
+            }
+            for name in self.names
+        }
         conn = self._connection()
         with conn.transaction():
-            self._apply(conn, envelopes)
+            for name in self.names:
+                self._apply(conn, self.specs[name], envelopes)
             self._record_progress(conn, progress)
-        self._progress.update(progress)
+        for name, partitions in progress.items():
+            self._progress[name].update(partitions)
 
-    def _apply(self, conn: psycopg.Connection[Any], envelopes: Iterable[Envelope]) -> None:
-        spec = self.spec
+    def _apply(
+        self, conn: psycopg.Connection[Any], spec: ProjectionSpec[Any],
+        envelopes: Iterable[Envelope],
+    ) -> None:
         relevant = [e for e in envelopes if e.aggregatetype == spec.aggregate_type]
         if not relevant:
             return
-        rows = self._load_rows(conn, {UUID(e.subject) for e in relevant})
+        rows = self._load_rows(conn, spec, {UUID(e.subject) for e in relevant})
         changed: dict[UUID, Any] = {}
         for envelope in relevant:
             key = UUID(envelope.subject)
@@ -211,13 +233,15 @@ class Projector:
                 version = current.version if current is not None else None
                 if step(version, envelope.aggregateversion) is Step.GAP:
                     log.error("%s: event %s arrived before version %s of its aggregate",
-                              self.name, envelope.id, (version or 0) + 1)
+                              spec.table, envelope.id, (version or 0) + 1)
                 continue
             rows[key] = changed[key] = new
-        self._save_rows(conn, changed)
+        self._save_rows(conn, spec, changed)
 
-    def _load_rows(self, conn: psycopg.Connection[Any], keys: set[UUID]) -> dict[UUID, Any]:
-        spec = self.spec
+    @staticmethod
+    def _load_rows(
+        conn: psycopg.Connection[Any], spec: ProjectionSpec[Any], keys: set[UUID]
+    ) -> dict[UUID, Any]:
         query = sql.SQL("SELECT * FROM {} WHERE {} = ANY(%s) FOR UPDATE").format(
             sql.Identifier(spec.table), sql.Identifier(spec.key)
         )
@@ -230,10 +254,12 @@ class Projector:
             rows[key] = msgspec.convert(row, spec.row_type)
         return rows
 
-    def _save_rows(self, conn: psycopg.Connection[Any], rows: Mapping[UUID, Any]) -> None:
+    @staticmethod
+    def _save_rows(
+        conn: psycopg.Connection[Any], spec: ProjectionSpec[Any], rows: Mapping[UUID, Any]
+    ) -> None:
         if not rows:
             return
-        spec = self.spec
         fields = list(spec.row_type.__struct_fields__)
         query = sql.SQL(
             "INSERT INTO {table} ({key}, {columns}) VALUES ({values}) "
@@ -254,7 +280,9 @@ class Projector:
             )
 
     def _record_progress(
-        self, conn: psycopg.Connection[Any], progress: Mapping[int, tuple[int, int]]
+        self,
+        conn: psycopg.Connection[Any],
+        progress: Mapping[str, Mapping[int, tuple[int, int]]],
     ) -> None:
         with conn.cursor() as cur:
             cur.executemany(
@@ -267,10 +295,21 @@ class Projector:
                 "ELSE GREATEST(p.kafka_offset, EXCLUDED.kafka_offset) END, "
                 "topic_id = EXCLUDED.topic_id, updated_at = now()",
                 [
-                    (self.name, partition, position, offset, self._topic_id)
-                    for partition, (position, offset) in progress.items()
+                    (name, partition, position, offset, self._topic_id)
+                    for name, partitions in progress.items()
+                    for partition, (position, offset) in partitions.items()
                 ],
             )
+
+    def _commit_offsets(self, consumer: KafkaConsumer) -> None:
+        """Tell Kafka how far the group got, for operators' lag tools. Informational only:
+        progress is read back from PostgreSQL, so this runs every few seconds, not per
+        batch (a synchronous round trip to the broker)."""
+        self._committed_at = time.monotonic()
+        try:
+            consumer.commit()
+        except Exception:
+            log.debug("committing offsets of %s to Kafka failed", self.name, exc_info=True)
 
     # ---- the idle watermark step ----------------------------------------------------
 
@@ -280,7 +319,11 @@ class Projector:
             return
         conn = self._connection()
         relayed = relay_position(conn, self.topic)  # read before the end offsets
-        behind = [tp for tp in assigned if self._progress.get(tp.partition, (0, -1))[0] < relayed]
+        behind = [
+            tp for tp in assigned
+            if any(self._progress[n].get(tp.partition, (0, -1))[0] < relayed
+                   for n in self.names)
+        ]
         if not behind:
             if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
                 self._check_topic()
@@ -295,12 +338,13 @@ class Projector:
             return
         conn.execute(
             "UPDATE projection_partitions SET position = GREATEST(position, %s), "
-            "updated_at = now() WHERE projection = %s AND partition = ANY(%s)",
-            (relayed, self.name, caught_up),
+            "updated_at = now() WHERE projection = ANY(%s) AND partition = ANY(%s)",
+            (relayed, list(self.names), caught_up),
         )
-        for partition in caught_up:
-            position, offset = self._progress.get(partition, (0, -1))
-            self._progress[partition] = (max(position, relayed), offset)
+        for progress in self._progress.values():
+            for partition in caught_up:
+                position, offset = progress.get(partition, (0, -1))
+                progress[partition] = (max(position, relayed), offset)
 
     # ---- the topic and the consumer -------------------------------------------------
 
@@ -325,7 +369,7 @@ class Projector:
         consumer = KafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=self.group_id,
-            client_id=f"xentree-live-{self.name}",
+            client_id="xentree-live-projector",
             max_poll_records=self.settings.projection_batch_size,
             # The broker holds an empty fetch up to this long: the default 500 ms would
             # be most of the command-to-read-model lag.
@@ -342,32 +386,38 @@ class Projector:
         conn = self._connection()
         with conn.transaction():
             conn.execute(
-                "DELETE FROM projection_partitions WHERE projection = %s AND partition >= %s",
-                (self.name, partitions),
+                "DELETE FROM projection_partitions WHERE projection = ANY(%s) "
+                "AND partition >= %s",
+                (list(self.names), partitions),
             )
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO projection_partitions (projection, partition) VALUES (%s, %s) "
                     "ON CONFLICT DO NOTHING",
-                    [(self.name, p) for p in range(partitions)],
+                    [(n, p) for n in self.names for p in range(partitions)],
                 )
 
     def seek_from_tracking(
         self, consumer: KafkaConsumer, assigned: Iterable[TopicPartition]
     ) -> None:
-        """Resume each partition after the last offset applied from this same topic."""
+        """Resume each partition after the last offset every read model applied from this
+        same topic (one further ahead skips what it has by aggregate version)."""
         rows = self._connection().execute(
-            "SELECT partition, position, kafka_offset, topic_id FROM projection_partitions "
-            "WHERE projection = %s",
-            (self.name,),
+            "SELECT projection, partition, position, kafka_offset, topic_id "
+            "FROM projection_partitions WHERE projection = ANY(%s)",
+            (list(self.names),),
         ).fetchall()
-        tracked = {int(p): (int(pos), int(off), tid) for p, pos, off, tid in rows}
+        tracked = {(n, int(p)): (int(pos), int(off), tid) for n, p, pos, off, tid in rows}
         for tp in assigned:
-            position, offset, tid = tracked.get(tp.partition, (0, -1, None))
-            same_topic = tid is not None and tid == self._topic_id
-            self._progress[tp.partition] = (position, offset if same_topic else -1)
-            if same_topic and offset >= 0:
-                consumer.seek(tp, offset + 1)
+            resume = None
+            for name in self.names:
+                position, offset, tid = tracked.get((name, tp.partition), (0, -1, None))
+                if tid is None or tid != self._topic_id:
+                    offset = -1
+                self._progress[name][tp.partition] = (position, offset)
+                resume = offset if resume is None else min(resume, offset)
+            if resume is not None and resume >= 0:
+                consumer.seek(tp, resume + 1)
             else:
                 consumer.seek_to_beginning(tp)
 
@@ -388,7 +438,8 @@ class Projector:
     def _reset(self) -> None:
         consumer, admin = self._consumer, self._admin
         self._consumer = self._admin = None
-        self._progress.clear()
+        for progress in self._progress.values():
+            progress.clear()
         for client in (consumer, admin):
             if client is None:
                 continue
@@ -419,18 +470,7 @@ def _column(value: Any) -> Any:
 def run_projectors(
     settings: Settings,
     stop: threading.Event,
-    names: Sequence[str] = (
-        "quota", "sessions", "profile", "transcripts", "revocations", "revocation_cutoffs"
-    ),
+    names: Sequence[str] = tuple(PROJECTIONS),
 ) -> None:
-    """Run one consumer per projection, each in its own thread, until `stop` is set."""
-    threads = [
-        threading.Thread(
-            target=Projector(settings, name).run_forever, args=(stop,), name=f"project-{name}"
-        )
-        for name in names
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    """Run one consumer for the named projections until `stop` is set."""
+    Projector(settings, *names).run_forever(stop)
