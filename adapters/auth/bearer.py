@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,11 @@ _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "x5c", "jwk", "crit", "b64"})
 # token of another type, or a future integration token type) is not a user access token.
 _ACCEPTED_TYP = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
+# A token verified once is taken as verified again (the same string) until it expires, for
+# at most this long: a key the provider withdraws stops working within it. The signature
+# check is most of a request's authentication cost.
+VERIFIED_CACHE_SECONDS = 60.0
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class BearerVerifier:
@@ -50,6 +56,9 @@ class BearerVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_seconds
+        # token -> (its principal, when to verify it afresh, epoch seconds)
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BearerVerifier:
@@ -76,8 +85,27 @@ class BearerVerifier:
         """The principal a valid token names; AuthenticationError for anything else.
 
         `now` (seconds since the epoch) is for tests; production passes nothing and the
-        time checks run against the wall clock (both ours and pyjwt's).
+        time checks run against the wall clock (both ours and pyjwt's), and a token seen
+        before is answered from the cache of verified tokens.
         """
+        if now is not None:
+            return self._verify(token, now)
+        clock = time.time()
+        hit = self._verified.get(token)
+        if hit is not None and clock < hit[1]:
+            return hit[0]
+        principal, exp = self._verify_with_expiry(token, None)
+        until = min(exp + self._leeway, clock + VERIFIED_CACHE_SECONDS)
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = (principal, until)
+        return principal
+
+    def _verify(self, token: str, now: float | None) -> Principal:
+        return self._verify_with_expiry(token, now)[0]
+
+    def _verify_with_expiry(self, token: str, now: float | None) -> tuple[Principal, float]:
         header, payload = _parse_unverified(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
@@ -93,7 +121,7 @@ class BearerVerifier:
         _check_times(payload, time.time() if now is None else now, self._leeway)
 
         claims = self._verify_signature(token, alg, kid, now)
-        return _principal(claims)
+        return _principal(claims), float(claims["exp"])
 
     def _verify_signature(
         self, token: str, alg: str, kid: str | None, now: float | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -34,6 +35,9 @@ from application.settings import Settings, parse_database_url
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT_SECONDS = 30.0
+# How often the topic's identity is asked of the broker (a round trip) while publishing: a
+# recreated topic is noticed within this, and everything is then republished.
+TOPIC_CHECK_SECONDS = 1.0
 RETRY_SECONDS = 1.0
 HEADERS = [("content-type", b"application/cloudevents+json")]
 
@@ -63,6 +67,7 @@ class Relay:
         self._producer: KafkaProducer | None = None
         self._admin: KafkaAdminClient | None = None
         self._active = threading.Event()
+        self._topic: tuple[str | None, float] | None = None  # (topic id, when asked)
 
     @property
     def active(self) -> bool:
@@ -211,7 +216,10 @@ class Relay:
         return self._conn
 
     def _topic_id(self) -> str | None:
-        return ensure_topic(self._admin_(), self.topic, self.settings.kafka_partitions)
+        if self._topic is None or time.monotonic() - self._topic[1] > TOPIC_CHECK_SECONDS:
+            found = ensure_topic(self._admin_(), self.topic, self.settings.kafka_partitions)
+            self._topic = (found, time.monotonic())
+        return self._topic[0]
 
     def _admin_(self) -> KafkaAdminClient:
         if self._admin is None:
@@ -240,6 +248,7 @@ class Relay:
         self._active.clear()
         producer, admin, conn = self._producer, self._admin, self._conn
         self._producer = self._admin = self._conn = None
+        self._topic = None
         for close in (
             (lambda: producer.close(timeout=1)) if producer else None,
             admin.close if admin else None,

@@ -654,3 +654,72 @@ def test_require_scope() -> None:
     assert info.value.scope == "live:write"
     with pytest.raises(ValueError):
         require_scope(principal, "live:wrte")
+
+
+# ---- the cache of verified tokens -----------------------------------------------------
+
+
+def test_a_verified_token_is_not_verified_again(
+    verifier: BearerVerifier, issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jwt
+
+    decodes: list[str] = []
+    real = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        decodes.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    token = issuer.mint("acme", "alice", "live:read")
+    first = verifier.verify(token)
+    assert verifier.verify(token) == first and decodes == [token]
+    # Another token (even one byte apart) is verified on its own.
+    other = issuer.mint("acme", "alice", "live:read")
+    assert verifier.verify(other).user_id == "alice" and decodes == [token, other]
+    tampered = token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    with pytest.raises(AuthenticationError):
+        verifier.verify(tampered)
+
+
+def test_a_cached_token_still_expires(
+    verifier: BearerVerifier, issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.auth import bearer
+
+    start = time.time()
+    token = issuer.mint("acme", "alice", "live:read", ttl_seconds=120)
+    verifier.verify(token)
+    leeway = Settings().jwt_leeway_seconds
+    monkeypatch.setattr(bearer.time, "time", lambda: start + 120 + leeway + 1)
+    with pytest.raises(AuthenticationError, match="expired"):
+        verifier.verify(token)
+
+
+def test_the_cache_is_consulted_for_at_most_its_window(
+    verifier: BearerVerifier, issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the window the token is verified afresh (a withdrawn key stops working)."""
+    from adapters.auth import bearer
+
+    token = issuer.mint("acme", "alice", "live:read", ttl_seconds=3600)
+    verifier.verify(token)
+    start = time.time()
+    verifier._sources = ()  # the provider withdrew every key
+    monkeypatch.setattr(bearer.time, "time", lambda: start + 1)
+    assert verifier.verify(token).user_id == "alice"
+    monkeypatch.setattr(bearer.time, "time", lambda: start + bearer.VERIFIED_CACHE_SECONDS + 1)
+    with pytest.raises(AuthenticationError):
+        verifier.verify(token)
+
+
+def test_the_cache_is_bounded(
+    verifier: BearerVerifier, issuer: DevIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.auth import bearer
+
+    monkeypatch.setattr(bearer, "VERIFIED_CACHE_SIZE", 5)
+    for i in range(23):
+        verifier.verify(issuer.mint("acme", f"u{i}", "live:read"))
+        assert len(verifier._verified) <= 5
