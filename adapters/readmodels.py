@@ -3,6 +3,7 @@ position every applied event is at or below, which the API reports as `as_of`.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -10,12 +11,47 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import dict_row
 
-from adapters.projector.runner import projection_watermark
+from adapters.projector.runner import WATERMARK, projection_watermark
 
 SESSION_COLUMNS = (
     "session_id, tenant_id, user_id, session_type, started_at, ended_at, end_reason, "
     "session_seconds, last_billed_at, version, position"
 )
+
+
+QUOTA_COLUMNS = (
+    "ledger_id, tenant_id, user_id, period_start, period_end, plan, limit_seconds, "
+    "used_seconds, max_session_seconds, active, version, position"
+)
+# The row and the watermark it reflects, read in one statement (one snapshot).
+QUOTA_WITH_WATERMARK = (
+    "SELECT w.partitions, w.mark, q.* FROM (SELECT count(*) AS partitions, "  # noqa: S608
+    "coalesce(min(position), 0) AS mark FROM projection_partitions "
+    "WHERE projection = 'quota') w "
+    f"LEFT JOIN (SELECT {QUOTA_COLUMNS} FROM rm_quota "
+    "WHERE tenant_id = %s AND user_id = %s AND period_start = %s) q ON true"
+)
+
+
+async def quota_with_watermark(
+    conn: psycopg.AsyncConnection[Any], tenant_id: str, user_id: str, period_start: datetime
+) -> tuple[int, dict[str, Any] | None]:
+    """The quota projection's watermark and the user's row for the period (None before
+    their first session of the period)."""
+    cur = await conn.execute(
+        QUOTA_WITH_WATERMARK, (tenant_id, user_id, period_start), prepare=True
+    )
+    row: dict[str, Any] | None = await cur.fetchone()
+    assert row is not None
+    mark = int(row.pop("mark")) if row.pop("partitions") else 0
+    return mark, row if row["ledger_id"] is not None else None
+
+
+async def async_watermark(conn: psycopg.AsyncConnection[Any], projection: str) -> int:
+    cur = await conn.execute(WATERMARK, (projection,), prepare=True)
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row["mark"]) if row["partitions"] else 0
 
 
 def quota_row(
@@ -25,12 +61,86 @@ def quota_row(
     first session of the period)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT ledger_id, tenant_id, user_id, period_start, period_end, plan, "
-            "limit_seconds, used_seconds, max_session_seconds, active, version, position "
-            "FROM rm_quota WHERE tenant_id = %s AND user_id = %s AND period_start = %s",
+            f"SELECT {QUOTA_COLUMNS} FROM rm_quota "  # noqa: S608 - constant columns
+            "WHERE tenant_id = %s AND user_id = %s AND period_start = %s",
             (tenant_id, user_id, period_start),
         )
         return cur.fetchone()
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A read-model query, run by `fetch_all`/`fetch_one` or their async twins."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+def fetch_all(conn: psycopg.Connection[Any], query: Query | None) -> list[dict[str, Any]]:
+    if query is None:
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query.sql, query.params)
+        return cur.fetchall()
+
+
+def fetch_one(conn: psycopg.Connection[Any], query: Query | None) -> dict[str, Any] | None:
+    rows = fetch_all(conn, query)
+    return rows[0] if rows else None
+
+
+async def afetch_all(
+    conn: psycopg.AsyncConnection[Any], query: Query | None
+) -> list[dict[str, Any]]:
+    if query is None:
+        return []
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query.sql, query.params, prepare=True)
+        return await cur.fetchall()
+
+
+async def afetch_one(
+    conn: psycopg.AsyncConnection[Any], query: Query | None
+) -> dict[str, Any] | None:
+    rows = await afetch_all(conn, query)
+    return rows[0] if rows else None
+
+
+def sessions_query(
+    tenant_id: str, user_id: str, limit: int, before: tuple[datetime, str] | None = None
+) -> Query | None:
+    """The user's sessions, newest first; `before` is the (started_at, session_id) of the
+    last row of the previous page. None: there can be no rows."""
+    if before is None:
+        return Query(
+            f"SELECT {SESSION_COLUMNS} FROM rm_sessions "  # noqa: S608 - constant columns
+            "WHERE tenant_id = %s AND user_id = %s "
+            "ORDER BY started_at DESC, session_id DESC LIMIT %s",
+            (tenant_id, user_id, limit),
+        )
+    try:
+        after_id = UUID(before[1])
+    except ValueError:
+        return None
+    return Query(
+        f"SELECT {SESSION_COLUMNS} FROM rm_sessions "  # noqa: S608 - constant columns
+        "WHERE tenant_id = %s AND user_id = %s AND (started_at, session_id) < (%s, %s) "
+        "ORDER BY started_at DESC, session_id DESC LIMIT %s",
+        (tenant_id, user_id, before[0], after_id, limit),
+    )
+
+
+def session_query(tenant_id: str, user_id: str, session_id: str) -> Query | None:
+    """One of the user's sessions (no row if unknown or another user's)."""
+    try:
+        sid = UUID(session_id)
+    except ValueError:
+        return None
+    return Query(
+        f"SELECT {SESSION_COLUMNS} FROM rm_sessions "  # noqa: S608 - constant columns
+        "WHERE session_id = %s AND tenant_id = %s AND user_id = %s",
+        (sid, tenant_id, user_id),
+    )
 
 
 def session_rows(
@@ -40,47 +150,13 @@ def session_rows(
     limit: int,
     before: tuple[datetime, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The user's sessions, newest first; `before` is the (started_at, session_id) of the
-    last row of the previous page."""
-    after_id = None
-    if before is not None:
-        try:
-            after_id = UUID(before[1])
-        except ValueError:
-            return []
-    with conn.cursor(row_factory=dict_row) as cur:
-        if before is None or after_id is None:
-            cur.execute(
-                f"SELECT {SESSION_COLUMNS} FROM rm_sessions "  # noqa: S608 - constant columns
-                "WHERE tenant_id = %s AND user_id = %s "
-                "ORDER BY started_at DESC, session_id DESC LIMIT %s",
-                (tenant_id, user_id, limit),
-            )
-        else:
-            cur.execute(
-                f"SELECT {SESSION_COLUMNS} FROM rm_sessions "  # noqa: S608 - constant columns
-                "WHERE tenant_id = %s AND user_id = %s AND (started_at, session_id) < (%s, %s) "
-                "ORDER BY started_at DESC, session_id DESC LIMIT %s",
-                (tenant_id, user_id, before[0], after_id, limit),
-            )
-        return cur.fetchall()
+    return fetch_all(conn, sessions_query(tenant_id, user_id, limit, before))
 
 
 def session_row(
     conn: psycopg.Connection[Any], tenant_id: str, user_id: str, session_id: str
 ) -> dict[str, Any] | None:
-    """One of the user's sessions; None if unknown or another user's."""
-    try:
-        sid = UUID(session_id)
-    except ValueError:
-        return None
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"SELECT {SESSION_COLUMNS} FROM rm_sessions "  # noqa: S608 - constant columns
-            "WHERE session_id = %s AND tenant_id = %s AND user_id = %s",
-            (sid, tenant_id, user_id),
-        )
-        return cur.fetchone()
+    return fetch_one(conn, session_query(tenant_id, user_id, session_id))
 
 
 def watermark(conn: psycopg.Connection[Any], projection: str) -> int:

@@ -138,13 +138,16 @@ class EndWatcher:
     def _follow(self) -> None:
         while not self._stopped.is_set():
             try:
-                subscription = self._app.recorder.subscribe(
-                    gt=self._position, topics=[SESSION_ENDED_TOPIC]
-                )
+                # Every event, filtered here: with a topic filter the library's query
+                # starts again after the last *matching* event each time, rescanning
+                # all the heartbeats stored since the last session end.
+                subscription = self._app.recorder.subscribe(gt=self._position)
                 self._subscription = subscription
                 with subscription:
                     for notification in subscription:
                         self._position = notification.id
+                        if notification.topic != SESSION_ENDED_TOPIC:
+                            continue
                         originator = notification.originator_id
                         session_id = (
                             originator if isinstance(originator, UUID) else UUID(originator)

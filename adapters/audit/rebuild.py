@@ -31,8 +31,8 @@ from adapters.audit.history import History, head
 from adapters.projector.runner import (
     PROJECTIONS,
     ProjectionSpec,
-    _column,
     projection_watermark,
+    upsert_rows,
 )
 from adapters.relay.envelope import Envelope
 
@@ -209,7 +209,7 @@ def rebuild(
 
     rows = fold(spec, counted(history.envelopes(0, upto)))
     with conn.transaction():
-        _upsert(conn, spec, shadow, rows)
+        upsert_rows(conn, spec, rows, shadow)
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = '{SWITCH_LOCK_TIMEOUT}'")
         conn.execute(
@@ -218,7 +218,7 @@ def rebuild(
         # Events stored while the bulk was built: their rows, and only those, change.
         before = dict(rows)
         fold(spec, counted(history.envelopes(upto)), rows)
-        _upsert(conn, spec, shadow, {k: v for k, v in rows.items() if before.get(k) is not v})
+        upsert_rows(conn, spec, {k: v for k, v in rows.items() if before.get(k) is not v}, shadow)
         _swap(conn, table, shadow)
     return RebuildReport(
         projection=name,
@@ -227,30 +227,6 @@ def rebuild(
         seconds=time.monotonic() - started,
         digest=digest(rows),
     )
-
-
-def _upsert(
-    conn: psycopg.Connection[Any], spec: ProjectionSpec[Any], table: str, rows: Mapping[UUID, Any]
-) -> None:
-    if not rows:
-        return
-    fields = list(spec.row_type.__struct_fields__)
-    query = sql.SQL(
-        "INSERT INTO {table} ({key}, {columns}) VALUES ({values}) "
-        "ON CONFLICT ({key}) DO UPDATE SET {updates}"
-    ).format(
-        table=sql.Identifier(table),
-        key=sql.Identifier(spec.key),
-        columns=sql.SQL(", ").join(map(sql.Identifier, fields)),
-        values=sql.SQL(", ").join(sql.Placeholder() * (len(fields) + 1)),
-        updates=sql.SQL(", ").join(
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(f)) for f in fields
-        ),
-    )
-    with conn.cursor() as cur:
-        cur.executemany(
-            query, [(key, *(_column(getattr(row, f)) for f in fields)) for key, row in rows.items()]
-        )
 
 
 def _indexes(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:

@@ -91,9 +91,9 @@ class BearerVerifier:
         if now is not None:
             return self._verify(token, now)
         clock = time.time()
-        hit = self._verified.get(token)
-        if hit is not None and clock < hit[1]:
-            return hit[0]
+        cached = self.cached(token, clock)
+        if cached is not None:
+            return cached
         principal, exp = self._verify_with_expiry(token, None)
         until = min(exp + self._leeway, clock + VERIFIED_CACHE_SECONDS)
         with self._verified_lock:
@@ -101,6 +101,14 @@ class BearerVerifier:
                 self._verified.clear()
             self._verified[token] = (principal, until)
         return principal
+
+    def cached(self, token: str, now: float | None = None) -> Principal | None:
+        """The principal of a token this verifier accepted a moment ago (None: unknown or
+        due to be verified afresh)."""
+        hit = self._verified.get(token)
+        if hit is not None and (time.time() if now is None else now) < hit[1]:
+            return hit[0]
+        return None
 
     def _verify(self, token: str, now: float | None) -> Principal:
         return self._verify_with_expiry(token, now)[0]

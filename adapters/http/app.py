@@ -32,9 +32,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or build_services(settings)
+        await app.state.services.start()
         try:
             yield
         finally:
+            await app.state.services.stop()
             if owned:
                 app.state.services.close()
 

@@ -41,6 +41,11 @@ def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("the Authorization header must be 'Bearer <token>'")
         token = token.strip()
+        # Only user access tokens are kept in the verified cache; one found there needs no
+        # routing (integration tokens are checked against revocation on every request).
+        cached = services.bearer.cached(token)
+        if cached is not None:
+            return cached
         # Both kinds are JWTs; the header's typ says which verifier may judge it, and each
         # refuses the other's typ, so neither can be passed off as the other.
         if is_integration_token(token):

@@ -10,9 +10,9 @@ from litestar import Controller, Request, get
 
 from adapters.auth.scopes import LIVE_READ
 from adapters.http.auth import authenticate
-from adapters.http.commands import in_thread, min_position, services_of
+from adapters.http.commands import min_position, services_of
 from adapters.http.schemas import READ_PROBLEMS
-from adapters.readmodels import quota_row
+from adapters.readmodels import quota_with_watermark
 from domain.periods import period_bounds
 
 
@@ -44,38 +44,38 @@ class QuotaController(Controller):
         principal = authenticate(request, services, LIVE_READ)
         wanted = min_position(request)
 
-        def read() -> QuotaView:
-            mark = services.wait_for("quota", wanted)
-            start, end = period_bounds(services.now())
-            with services.read() as conn:
-                row = quota_row(conn, principal.tenant_id, principal.user_id, start)
-            settings = services.settings
-            if row is None:
-                # No usage yet this period: the entitlement of the default plan.
-                limit = settings.plan_seconds(settings.default_plan)
-                return QuotaView(
-                    plan=settings.default_plan,
-                    period_start=start,
-                    period_end=end,
-                    limit_seconds=limit,
-                    used_seconds=0,
-                    remaining_seconds=limit,
-                    max_session_seconds=settings.plans.max_session_seconds,
-                    active_sessions=[],
-                    as_of=mark,
-                )
+        start, end = period_bounds(services.now())
+        if wanted is not None:
+            await services.await_position("quota", wanted)
+        async with services.aread() as conn:
+            mark, row = await quota_with_watermark(
+                conn, principal.tenant_id, principal.user_id, start
+            )
+        settings = services.settings
+        if row is None:
+            # No usage yet this period: the entitlement of the default plan.
+            limit = settings.plan_seconds(settings.default_plan)
             return QuotaView(
-                plan=row["plan"],
-                period_start=row["period_start"],
-                period_end=row["period_end"],
-                limit_seconds=row["limit_seconds"],
-                used_seconds=row["used_seconds"],
-                remaining_seconds=max(0, row["limit_seconds"] - row["used_seconds"]),
-                max_session_seconds=row["max_session_seconds"],
-                active_sessions=[
-                    msgspec.convert(a, ActiveSession, strict=False) for a in row["active"]
-                ],
+                plan=settings.default_plan,
+                period_start=start,
+                period_end=end,
+                limit_seconds=limit,
+                used_seconds=0,
+                remaining_seconds=limit,
+                max_session_seconds=settings.plans.max_session_seconds,
+                active_sessions=[],
                 as_of=mark,
             )
-
-        return await in_thread(read)
+        return QuotaView(
+            plan=row["plan"],
+            period_start=row["period_start"],
+            period_end=row["period_end"],
+            limit_seconds=row["limit_seconds"],
+            used_seconds=row["used_seconds"],
+            remaining_seconds=max(0, row["limit_seconds"] - row["used_seconds"]),
+            max_session_seconds=row["max_session_seconds"],
+            active_sessions=[
+                msgspec.convert(a, ActiveSession, strict=False) for a in row["active"]
+            ],
+            as_of=mark,
+        )

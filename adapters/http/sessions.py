@@ -17,7 +17,7 @@ from adapters.http.commands import idempotency, in_thread, min_position, respond
 from adapters.http.integration import end_if_token_revoked
 from adapters.http.problems import BadRequest
 from adapters.http.schemas import COMMAND_PROBLEMS, READ_PROBLEMS
-from adapters.readmodels import session_row, session_rows
+from adapters.readmodels import afetch_all, afetch_one, session_query, sessions_query
 from application.results import HeartbeatAccepted, SessionEnded, SessionStarted
 from domain.errors import NotFound
 
@@ -165,23 +165,18 @@ class SessionController(Controller):
         services = services_of(request)
         principal = authenticate(request, services, LIVE_READ)
         before = _decode_cursor(cursor) if cursor else None
-        wanted = min_position(request)
-
-        def read() -> SessionPage:
-            mark = services.wait_for("sessions", wanted)
-            with services.read() as conn:
-                rows = session_rows(
-                    conn, principal.tenant_id, principal.user_id, limit + 1, before
-                )
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return SessionPage(
-                items=[_view(r) for r in rows],
-                next_cursor=_encode_cursor(rows[-1]) if more else None,
-                as_of=mark,
+        mark = await services.read_mark("sessions", min_position(request))
+        async with services.aread() as conn:
+            rows = await afetch_all(
+                conn, sessions_query(principal.tenant_id, principal.user_id, limit + 1, before)
             )
-
-        return await in_thread(read)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return SessionPage(
+            items=[_view(r) for r in rows],
+            next_cursor=_encode_cursor(rows[-1]) if more else None,
+            as_of=mark,
+        )
 
     @get(
         "/sessions/{session_id:str}",
@@ -192,14 +187,11 @@ class SessionController(Controller):
     async def get_session(self, request: Request[Any, Any, Any], session_id: str) -> SessionView:
         services = services_of(request)
         principal = authenticate(request, services, LIVE_READ)
-        wanted = min_position(request)
-
-        def read() -> SessionView:
-            services.wait_for("sessions", wanted)
-            with services.read() as conn:
-                row = session_row(conn, principal.tenant_id, principal.user_id, session_id)
-            if row is None:
-                raise NotFound("session")
-            return _view(row)
-
-        return await in_thread(read)
+        await services.read_mark("sessions", min_position(request))
+        async with services.aread() as conn:
+            row = await afetch_one(
+                conn, session_query(principal.tenant_id, principal.user_id, session_id)
+            )
+        if row is None:
+            raise NotFound("session")
+        return _view(row)

@@ -37,7 +37,6 @@ from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, To
 from kafka.consumer.fetcher import ConsumerRecord
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
-from psycopg.types.json import Jsonb
 
 from adapters.relay.envelope import Envelope, decode
 from adapters.relay.relay import relay_position
@@ -49,6 +48,8 @@ from projections.stream import Step, step
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=msgspec.Struct)
+
+_rows_encoder = msgspec.json.Encoder()
 
 POLL_TIMEOUT_MS = 200
 TOPIC_CHECK_SECONDS = 2.0
@@ -97,16 +98,18 @@ class TopicRecreated(Exception):
     pass
 
 
+WATERMARK = (
+    "SELECT count(*) AS partitions, coalesce(min(position), 0) AS mark "
+    "FROM projection_partitions WHERE projection = %s"
+)
+
+
 def projection_watermark(conn: psycopg.Connection[Any], name: str) -> int:
     """Every event at or below this position has been applied by the projection (0 until
     every partition of the topic has a tracking row, which the projector creates)."""
     # A tuple cursor: callers' connections may use any row factory.
     with conn.cursor(row_factory=tuple_row) as cur:
-        row = cur.execute(
-            "SELECT count(*), coalesce(min(position), 0) FROM projection_partitions "
-            "WHERE projection = %s",
-            (name,),
-        ).fetchone()
+        row = cur.execute(WATERMARK, (name,)).fetchone()
     return int(row[1]) if row and row[0] else 0
 
 
@@ -258,48 +261,33 @@ class Projector:
     def _save_rows(
         conn: psycopg.Connection[Any], spec: ProjectionSpec[Any], rows: Mapping[UUID, Any]
     ) -> None:
-        if not rows:
-            return
-        fields = list(spec.row_type.__struct_fields__)
-        query = sql.SQL(
-            "INSERT INTO {table} ({key}, {columns}) VALUES ({values}) "
-            "ON CONFLICT ({key}) DO UPDATE SET {updates}"
-        ).format(
-            table=sql.Identifier(spec.table),
-            key=sql.Identifier(spec.key),
-            columns=sql.SQL(", ").join(map(sql.Identifier, fields)),
-            values=sql.SQL(", ").join(sql.Placeholder() * (len(fields) + 1)),
-            updates=sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(f)) for f in fields
-            ),
-        )
-        with conn.cursor() as cur:
-            cur.executemany(
-                query, [(key, *(_column(getattr(row, f)) for f in fields)) for key, row in
-                        rows.items()]
-            )
+        upsert_rows(conn, spec, rows)
 
     def _record_progress(
         self,
         conn: psycopg.Connection[Any],
         progress: Mapping[str, Mapping[int, tuple[int, int]]],
     ) -> None:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO projection_partitions AS p "
-                "(projection, partition, position, kafka_offset, topic_id) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (projection, partition) DO UPDATE SET "
-                "position = GREATEST(p.position, EXCLUDED.position), "
-                "kafka_offset = CASE WHEN p.topic_id IS DISTINCT FROM EXCLUDED.topic_id "
-                "THEN EXCLUDED.kafka_offset "
-                "ELSE GREATEST(p.kafka_offset, EXCLUDED.kafka_offset) END, "
-                "topic_id = EXCLUDED.topic_id, updated_at = now()",
-                [
-                    (name, partition, position, offset, self._topic_id)
-                    for name, partitions in progress.items()
-                    for partition, (position, offset) in partitions.items()
-                ],
-            )
+        entries = [
+            (name, partition, position, offset)
+            for name, partitions in progress.items()
+            for partition, (position, offset) in partitions.items()
+        ]
+        names, partitions, positions, offsets = (list(c) for c in zip(*entries, strict=True))
+        conn.execute(
+            "INSERT INTO projection_partitions AS p "
+            "(projection, partition, position, kafka_offset, topic_id) "
+            "SELECT u.projection, u.partition, u.position, u.kafka_offset, %s "
+            "FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[]) "
+            "AS u(projection, partition, position, kafka_offset) "
+            "ON CONFLICT (projection, partition) DO UPDATE SET "
+            "position = GREATEST(p.position, EXCLUDED.position), "
+            "kafka_offset = CASE WHEN p.topic_id IS DISTINCT FROM EXCLUDED.topic_id "
+            "THEN EXCLUDED.kafka_offset "
+            "ELSE GREATEST(p.kafka_offset, EXCLUDED.kafka_offset) END, "
+            "topic_id = EXCLUDED.topic_id, updated_at = now()",
+            (self._topic_id, names, partitions, positions, offsets),
+        )
 
     def _commit_offsets(self, consumer: KafkaConsumer) -> None:
         """Tell Kafka how far the group got, for operators' lag tools. Informational only:
@@ -461,10 +449,37 @@ class _SeekFromTracking(ConsumerRebalanceListener):  # type: ignore[misc]
         self._projector.seek_from_tracking(self._consumer, assigned)
 
 
-def _column(value: Any) -> Any:
-    if isinstance(value, tuple | list | dict):
-        return Jsonb(msgspec.to_builtins(value))
-    return value
+def upsert_rows(
+    conn: psycopg.Connection[Any],
+    spec: ProjectionSpec[Any],
+    rows: Mapping[UUID, Any],
+    table: str | None = None,
+) -> None:
+    """Upsert read-model rows (into `table`, by default the projection's own) in one
+    statement: the batch goes as one JSON array that PostgreSQL turns into rows of the
+    table's own type, one round trip however many rows (an executemany would be a
+    pipelined statement per row)."""
+    if not rows:
+        return
+    target = sql.Identifier(table or spec.table)
+    fields = list(spec.row_type.__struct_fields__)
+    columns = sql.SQL(", ").join(map(sql.Identifier, [spec.key, *fields]))
+    query = sql.SQL(
+        "INSERT INTO {table} ({columns}) SELECT {columns} "
+        "FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb) "
+        "ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    ).format(
+        table=target,
+        key=sql.Identifier(spec.key),
+        columns=columns,
+        updates=sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(f)) for f in fields
+        ),
+    )
+    batch = _rows_encoder.encode(
+        [{spec.key: key, **msgspec.structs.asdict(row)} for key, row in rows.items()]
+    )
+    conn.execute(query, (batch.decode(),))
 
 
 def run_projectors(
