@@ -79,6 +79,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Relay and projections.
     relay_batch_size: int = 500
     relay_poll_seconds: float = 0.5
+    # After a notification, how long the relay lets more commits gather before it reads
+    # the log: fewer, larger batches (one produce, one position write each) for that
+    # much more lag.
+    relay_linger_ms: int = 5
     projection_batch_size: int = 500
     # Integration tokens (SPEC section 5).
     master_key: str = ""
@@ -113,7 +117,10 @@ class DatabaseParams(msgspec.Struct, frozen=True):
 
     @property
     def options(self) -> str:
-        return f"-c role={self.role}" if self.role else ""
+        # Every timestamptz read back is in UTC whatever the server's TimeZone, so answers
+        # write times as RFC 3339 UTC (`...Z`), as the contract says, on any server.
+        utc = "-c TimeZone=UTC"
+        return f"{utc} -c role={self.role}" if self.role else utc
 
     def conninfo(self) -> str:
         parts = {
@@ -267,9 +274,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         relay_poll_seconds=float(
             env.get("XENTREE_RELAY_POLL_SECONDS", "") or d.relay_poll_seconds
         ),
+        relay_linger_ms=_int(env, "XENTREE_RELAY_LINGER_MS", d.relay_linger_ms),
         projection_batch_size=_int(
             env, "XENTREE_PROJECTION_BATCH_SIZE", d.projection_batch_size
         ),
+
         master_key=env.get("XENTREE_MASTER_KEY", "").strip(),
         integration_issuer=env.get("XENTREE_INTEGRATION_ISSUER", "").strip()
         or d.integration_issuer,

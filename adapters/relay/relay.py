@@ -94,9 +94,11 @@ class Relay:
             self.close()
 
     def _follow(self, stop: threading.Event) -> None:
+        linger = self.settings.relay_linger_ms / 1000
         while not stop.is_set():
-            if self.run_once() < self.settings.relay_batch_size:
-                self._wait_for_notify()
+            full = self.run_once() >= self.settings.relay_batch_size
+            if not full and self._wait_for_notify() and linger > 0:
+                stop.wait(linger)
 
     def run_once(self) -> int:
         """Publish the next batch after the saved position; the number of events published."""
@@ -200,10 +202,12 @@ class Relay:
         log.info("relay to %s is active", self.topic)
         return True
 
-    def _wait_for_notify(self) -> None:
+    def _wait_for_notify(self) -> bool:
+        """Wait for a commit's notification (True), or the poll interval (False)."""
         conn = self._connection()
         for _ in conn.notifies(timeout=self.settings.relay_poll_seconds, stop_after=1):
-            pass
+            return True
+        return False
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -213,6 +217,9 @@ class Relay:
                 autocommit=True,
                 connect_timeout=5,
             )
+            # The position is a hint to resume from: one lost in a database crash only
+            # republishes a few events (consumers dedupe), so it need not wait for fsync.
+            self._conn.execute("SET synchronous_commit = off")
         return self._conn
 
     def _topic_id(self) -> str | None:
