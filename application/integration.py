@@ -26,7 +26,13 @@ from application.results import Answer
 from application.settings import Settings
 from domain.errors import NotFound
 from domain.ids import integration_grant_id, integration_tenant_id, signing_key_id
-from domain.integration import TokenClaims, check_grant, published_until, token_claims
+from domain.integration import (
+    TokenClaims,
+    check_grant,
+    check_revoke_reason,
+    published_until,
+    token_claims,
+)
 from domain.integration_grant import IntegrationGrant
 from domain.integration_tenant import IntegrationTenant
 from domain.signing_key import SigningKey
@@ -38,7 +44,6 @@ if TYPE_CHECKING:
 A = TypeVar("A", bound=Aggregate)
 
 SIGNING_ALGORITHM = "EdDSA"
-REVOKE_REASONS: tuple[str, ...] = ("unspecified", "compromised", "logout", "superseded")
 
 
 # ---- ports --------------------------------------------------------------------------
@@ -183,17 +188,18 @@ class IntegrationUseCases:
         self,
         principal: Principal,
         jti: str,
-        reason: str,
+        reason: str | None,
         now: Callable[[], datetime],
         idem: IdempotencyRequest | None = None,
     ) -> Answer:
         """Revoke one grant. The write-side revocation row commits with the event, and
         verify reads it, so once this returns no verify anywhere accepts the jti; the
         sessions the token started are ended before the answer too."""
+        recorded_reason = check_revoke_reason(reason)
 
         def decide() -> Decision:
             grant = self._tenant_grant(principal, jti)
-            grant.revoke(now(), reason)
+            grant.revoke(now(), recorded_reason)
             assert grant.revoked_at is not None
             return (grant,), 200, TokenRevoked(jti=grant.jti, revoked_at=grant.revoked_at)
 

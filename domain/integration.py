@@ -15,6 +15,11 @@ DEFAULT_TTL_SECONDS = 120
 # An embed acts for one user on the live endpoints; it never manages or verifies tokens.
 GRANTABLE_SCOPES: frozenset[str] = frozenset({"live:read", "live:write"})
 MAX_SCOPES = 8
+MAX_REASON_LENGTH = 200
+DEFAULT_REVOKE_REASON = "unspecified"
+# The reason a rotation records; a rotated token's sessions carry on under its successor,
+# so a plain revoke may not pass itself off as one.
+ROTATED = "rotated"
 
 
 class TokenClaims(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +53,20 @@ def check_grant(scopes: list[str], ttl_seconds: int, caller_scopes: frozenset[st
     if not wanted <= caller_scopes:
         raise InvalidValue("scopes", "a grant cannot hold scopes its granter lacks")
     return sorted(wanted)
+
+
+def check_revoke_reason(reason: str | None) -> str:
+    """The reason a revocation records: free text (for example `compromised`, `logout`),
+    1-200 printable characters; `unspecified` when none is given."""
+    if reason is None:
+        return DEFAULT_REVOKE_REASON
+    if not 1 <= len(reason) <= MAX_REASON_LENGTH or not reason.strip():
+        raise InvalidValue("reason", f"must be 1-{MAX_REASON_LENGTH} characters")
+    if not reason.isprintable():
+        raise InvalidValue("reason", "must not contain control or format characters")
+    if reason == ROTATED:
+        raise InvalidValue("reason", f"'{ROTATED}' is reserved for token rotation")
+    return reason
 
 
 def token_claims(

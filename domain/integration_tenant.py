@@ -3,13 +3,17 @@ cut-off (every grant issued before it is revoked, as LiveKit's `revokeTokenTs`).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
 from domain import ids
 from domain.errors import InvalidValue
+
+# A cut-off this far ahead of the server's clock is the caller's clock running fast, and is
+# taken as "now"; further ahead is refused: the future cannot be revoked in advance.
+CLOCK_SKEW_SECONDS = 5
 
 
 class IntegrationTenant(Aggregate):
@@ -32,9 +36,10 @@ class IntegrationTenant(Aggregate):
 
     def revoke_all(self, issued_before: datetime, now: datetime) -> None:
         """Raise the cut-off to `issued_before` (never lower it: an earlier cut-off is
-        already covered). The future cannot be revoked in advance."""
-        if issued_before > now:
+        already covered), or to `now` when the caller's clock is a little ahead."""
+        if issued_before > now + timedelta(seconds=CLOCK_SKEW_SECONDS):
             raise InvalidValue("issued_before", "must not be in the future")
+        issued_before = min(issued_before, now)
         if self.revoked_before is None or issued_before > self.revoked_before:
             self._all_revoked(issued_before=issued_before, revoked_at=now)
 

@@ -25,6 +25,12 @@ _MARKS = frozenset({"Mn", "Mc", "Me"})
 _REFUSED = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 # Letters and symbols that render as nothing: a name made only of them looks empty.
 _BLANK = frozenset({"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"})
+# What trimming removes: Unicode's White_Space characters. (Python's bare strip() also
+# takes U+001C-U+001F, which are control characters and so refused, not trimmed.)
+_WHITE_SPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
 _EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)
 
@@ -33,7 +39,7 @@ def normalise_nickname(raw: str) -> str:
     """The nickname to store, or InvalidValue naming the broken rule."""
     if len(raw) > MAX_CODE_POINTS * 4:
         raise InvalidValue(FIELD, f"must be at most {MAX_CHARACTERS} characters")
-    name = unicodedata.normalize("NFC", raw).strip()
+    name = unicodedata.normalize("NFC", raw).strip(_WHITE_SPACE)
     if not name:
         raise InvalidValue(FIELD, "must not be empty or only whitespace")
     for ch in name:

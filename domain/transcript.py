@@ -30,7 +30,7 @@ BATCH_BYTES = 256 * 1024
 FIELD = "transcripts"
 
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 )
 # Text may hold line breaks and tabs; other C0/C1 controls and NUL (which PostgreSQL's
 # jsonb cannot store) are refused, as are lone surrogates (not encodable as UTF-8).
@@ -78,7 +78,10 @@ def parse_timestamp(value: str, field: str) -> datetime:
         parsed = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
     except ValueError:
         raise InvalidValue(field, "must be a valid RFC 3339 date and time") from None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InvalidValue(field, "is outside the years 1-9999 in UTC") from None
 
 
 def check_entry(raw: RawEntry, field: str, previous: datetime | None) -> Entry:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -14,18 +14,19 @@ from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
+from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, InsufficientScope
 from adapters.auth.identifiers import MAX_IDENTIFIER_LENGTH, is_valid_identifier
 from adapters.auth.jwk import jwk_thumbprint, key_from_jwk
 from adapters.auth.scopes import INTEGRATION_MANAGE, INTEGRATION_VERIFY
 from adapters.http.auth import BEARER_ONLY, authenticate
+from adapters.http.bodies import invalid_body, strict
 from adapters.http.commands import idempotency, in_thread, respond, services_of
-from adapters.http.problems import BadRequest, Problem, rate_limit_headers, unprocessable_body
+from adapters.http.problems import BadRequest, Problem, rate_limit_headers
 from adapters.http.schemas import KEY_PROBLEMS
 from adapters.http.services import Services
 from adapters.integration.tokens import VerifiedToken
 from adapters.ratelimit import RateLimited
 from application.integration import (
-    REVOKE_REASONS,
     AllTokensRevoked,
     GrantRecorded,
     SigningKeyRotated,
@@ -34,7 +35,7 @@ from application.integration import (
 from application.principal import Principal
 from application.results import Answer
 from domain.errors import InvalidValue, NotFound
-from domain.integration import DEFAULT_TTL_SECONDS, MAX_SCOPES
+from domain.integration import DEFAULT_TTL_SECONDS, MAX_REASON_LENGTH, MAX_SCOPES
 
 JWKS_MAX_AGE_SECONDS = 60
 BEARER = "Bearer"
@@ -60,6 +61,10 @@ _PROBLEMS = {
 
 TokenText = str  # never bounded here: an oversized token is inactive, not a bad request
 Jti = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REASON_LENGTH)]
+# Calls refused before they have a tenant are counted here, so their answers carry the
+# rate-limit headers too. Never a tenant id: ids hold no whitespace.
+UNAUTHORISED_BUCKET = " unauthorised"
 
 
 class GrantRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,10 +77,18 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     token: TokenText
 
 
+class VerifyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    # Any JSON value: whatever is not one of our tokens (a number, null, an object) is
+    # simply not an active token, and introspection answers {"active": false}.
+    token: Annotated[Any, msgspec.Meta(description="The token to introspect")]
+    # RFC 7662 section 2.1 lets a caller hint at the token's type; there is one type here.
+    token_type_hint: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
 class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
     token: TokenText | None = None
     jti: Jti | None = None
-    reason: Literal["unspecified", "compromised", "logout", "superseded"] = "unspecified"
+    reason: Reason | None = None  # free text, e.g. "compromised" or "logout"
 
 
 class RevokeAllRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -130,7 +143,17 @@ def _counted(endpoint: str, scope: str) -> Callable[[Request[Any, Any, Any]], Aw
 
     async def hook(request: Request[Any, Any, Any]) -> None:
         services = services_of(request)
-        principal = authenticate(request, services, scope, BEARER_ONLY)
+        # This hook replaces the app's, which refuses at once while the database is down.
+        services.check_database()
+        try:
+            principal = authenticate(request, services, scope, BEARER_ONLY)
+        except (AuthenticationError, InsufficientScope, CredentialNotAccepted):
+            # Counted, for the headers, but never refused for it: a 401 or 403 tells the
+            # caller more than a 429 would.
+            request.state["rate_limit"] = await in_thread(
+                lambda: services.rate_limiter.hit(UNAUTHORISED_BUCKET, endpoint)
+            )
+            raise
         request.state["principal"] = principal
         state = await in_thread(lambda: services.rate_limiter.hit(principal.tenant_id, endpoint))
         request.state["rate_limit"] = state
@@ -159,8 +182,8 @@ def _tenant(tenant_id: str) -> str:
 class IntegrationController(Controller):
     path = "/api/integration"
     tags = ["integration"]
-    # A well-formed body of the wrong shape is 422 here, as SPEC section 5 asks.
-    exception_handlers = {ValidationException: unprocessable_body}
+    # A well-formed body of the wrong shape is 422 here, naming the field.
+    exception_handlers = {ValidationException: invalid_body}
 
     @post(
         "/grant",
@@ -175,6 +198,7 @@ class IntegrationController(Controller):
     ) -> Response[GrantIssued]:
         services = services_of(request)
         principal = _principal(request)
+        data = await strict(request, GrantRequest)
         if not is_valid_identifier(data.subject):
             raise InvalidValue("subject", "must be 1-200 characters without whitespace")
         idem = await idempotency(request, principal)
@@ -194,7 +218,7 @@ class IntegrationController(Controller):
         summary="Introspect a token (RFC 7662): active or not, never why",
     )
     async def verify(
-        self, request: Request[Any, Any, Any], data: TokenRequest
+        self, request: Request[Any, Any, Any], data: VerifyRequest
     ) -> Response[Introspection]:
         services = services_of(request)
         principal = _principal(request)
@@ -247,7 +271,6 @@ class IntegrationController(Controller):
         principal = authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
         if (data.token is None) == (data.jti is None):
             raise InvalidValue("token", "give exactly one of token and jti")
-        assert data.reason in REVOKE_REASONS
         idem = await idempotency(request, principal)
 
         def run() -> Answer:
@@ -278,6 +301,7 @@ class IntegrationController(Controller):
     ) -> Response[AllTokensRevoked]:
         services = services_of(request)
         principal = authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
+        data = await strict(request, RevokeAllRequest)
         if data.issued_before.tzinfo is None:
             raise InvalidValue("issued_before", "must be an RFC 3339 time with an offset")
         idem = await idempotency(request, principal)
@@ -308,7 +332,7 @@ class IntegrationController(Controller):
     @get(
         "/jwks",
         operation_id="integrationJwks",
-        responses={400: _PROBLEMS[400]},
+        responses={400: _PROBLEMS[400], 503: _PROBLEMS[503]},
         summary="The tenant's public signing keys (JWK Set)",
     )
     async def jwks(self, request: Request[Any, Any, Any], tenant_id: TenantQuery) -> Response[Jwks]:
@@ -325,7 +349,7 @@ class IntegrationController(Controller):
     @get(
         "/fingerprint",
         operation_id="integrationKeyFingerprint",
-        responses={400: _PROBLEMS[400], 404: _PROBLEMS[404]},
+        responses={400: _PROBLEMS[400], 404: _PROBLEMS[404], 503: _PROBLEMS[503]},
         summary="RFC 7638 SHA-256 thumbprint of the tenant's current signing key",
     )
     async def fingerprint(

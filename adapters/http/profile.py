@@ -7,9 +7,11 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, put
+from litestar.exceptions import ValidationException
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http.auth import authenticate
+from adapters.http.bodies import invalid_body
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.schemas import NICKNAME_PROBLEMS, READ_PROBLEMS
 from adapters.readmodels import profile_row
@@ -31,6 +33,8 @@ class ProfileView(msgspec.Struct):
 class ProfileController(Controller):
     path = "/api/live/profile"
     tags = ["profile"]
+    # A body of the wrong shape is 422 naming the field, like a nickname that breaks a rule.
+    exception_handlers = {ValidationException: invalid_body}
 
     @get("/", operation_id="getProfile", responses=READ_PROBLEMS, summary="The caller's profile")
     async def profile(self, request: Request[Any, Any, Any]) -> ProfileView:

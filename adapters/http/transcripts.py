@@ -9,22 +9,32 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http import cursor
 from adapters.http.auth import NOT_API_KEY, authenticate
+from adapters.http.bodies import invalid_body, strict
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.problems import BadRequest
 from adapters.http.schemas import READ_PROBLEMS, TRANSCRIPT_PROBLEMS
 from adapters.readmodels import transcript_row, transcript_rows
 from application.principal import Principal
 from application.results import TranscriptStored
-from domain.errors import NotFound
-from domain.transcript import RawEntry
+from domain.errors import InvalidValue, NotFound
+from domain.transcript import RawEntry, parse_timestamp
 
 CURSOR_KIND = "transcripts"
+# Matches no stored session id (those are UUIDs).
+NO_SESSION = "-"
+TimeQuery = Annotated[
+    str | None,
+    Parameter(
+        max_length=64, description="RFC 3339, with an offset", schema_extra={"format": "date-time"}
+    ),
+]
 
 
 class EntryIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,15 +109,34 @@ def _summary(row: dict[str, Any]) -> TranscriptSummary:
     )
 
 
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise BadRequest(f"{name} must be an RFC 3339 timestamp with a UTC offset")
-    return value
+def _query_time(value: str | None, name: str) -> datetime | None:
+    """An RFC 3339 filter time, parsed by the same rule as the body's times (no epoch
+    numbers, no times without an offset)."""
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value, name)
+    except InvalidValue as exc:
+        raise BadRequest(f"{name} {exc.reason}") from None
+
+
+def _session_filter(session_id: str | None) -> str | None:
+    """A session id as the read model stores it; None if there is no filter. A value that
+    is no session id at all matches nothing (and never reaches SQL as it came)."""
+    if session_id is None:
+        return None
+    try:
+        return str(UUID(session_id))
+    except ValueError:
+        return NO_SESSION
 
 
 class TranscriptController(Controller):
     path = "/api/live/transcripts"
     tags = ["transcripts"]
+    # A well-formed body of the wrong shape is 422 naming the field, e.g.
+    # transcripts[3].text, as bad entries are (SPEC section 6).
+    exception_handlers = {ValidationException: invalid_body}
 
     @post(
         "/",
@@ -121,6 +150,7 @@ class TranscriptController(Controller):
     ) -> Response[TranscriptStored]:
         services = services_of(request)
         principal = authenticate(request, services, LIVE_WRITE, NOT_API_KEY)
+        data = await strict(request, TranscriptIn)
         idem = await idempotency(request, principal)
         entries = [
             RawEntry(role=e.role, text=e.text, timestamp=e.timestamp, interrupted=e.interrupted)
@@ -149,15 +179,16 @@ class TranscriptController(Controller):
         self,
         request: Request[Any, Any, Any],
         session_id: Annotated[str | None, Parameter(max_length=64)] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
         cursor_: Annotated[str | None, Parameter(query="cursor", max_length=300)] = None,
     ) -> TranscriptPage:
         services = services_of(request)
         principal = authenticate(request, services, LIVE_READ)
-        _aware(since, "since")
-        _aware(until, "until")
+        since_at = _query_time(since, "since")
+        until_at = _query_time(until, "until")
+        session_filter = _session_filter(session_id)
         key = cursor.cursor_key(services.pepper)
         before = _decode_position(key, principal, cursor_) if cursor_ else None
         wanted = min_position(request)
@@ -170,9 +201,9 @@ class TranscriptController(Controller):
                     principal.tenant_id,
                     principal.user_id,
                     limit + 1,
-                    session_id=session_id,
-                    since=since,
-                    until=until,
+                    session_id=session_filter,
+                    since=since_at,
+                    until=until_at,
                     before=before,
                 )
             more = len(rows) > limit

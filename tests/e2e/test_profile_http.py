@@ -53,10 +53,10 @@ def test_profile_defaults_and_read_your_writes(stack: Stack) -> None:
     body = read_after(u, position)
     assert body["nickname"] == "Zoë" and body["as_of"] >= int(position)
 
-    # The same nickname again appends nothing: no event, no position.
+    # The same nickname again appends nothing: no new event, so it stands where it was.
     again = put_nickname(u, "Zoë")
     assert again.status_code == 200 and again.json()["nickname"] == "Zoë"
-    assert "X-Event-Position" not in again.headers
+    assert again.headers["X-Event-Position"] == position
 
     r = put_nickname(u, "Zed")
     assert r.status_code == 200 and r.json()["nickname"] == "Zed"
@@ -93,11 +93,26 @@ def test_each_nickname_rule_answers_422_naming_it(stack: Stack) -> None:
 
 def test_bad_bodies_and_credentials(stack: Stack) -> None:
     u = stack.user()
-    problem_of(put_nickname(u, 42), 400, "invalid_request")
+    # A body of the wrong shape is 422 naming the field, like a nickname breaking a rule.
+    for nickname in (42, None, ["Ana"], {"text": "Ana"}, True):
+        assert problem_of(put_nickname(u, nickname), 422, "invalid_request")["field"] == (
+            "nickname"
+        )
     r = stack.client.put(
         NICKNAME, json={"nickname": "A", "extra": 1}, headers=u.headers
     )
-    problem_of(r, 400, "invalid_request")
+    assert problem_of(r, 422, "invalid_request")["field"] == "extra"
+    r = stack.client.put(NICKNAME, json={}, headers=u.headers)
+    assert problem_of(r, 422, "invalid_request")["field"] == "nickname"
+    for raw in (b"", b"{", b"nickname=Ana"):
+        r = stack.client.put(
+            NICKNAME, content=raw, headers={**u.headers, "Content-Type": "application/json"}
+        )
+        assert problem_of(r, 400, "invalid_request")["detail"] != "'data'"
+    # U+001C-U+001F count as white space to Python's strip(); they are control characters.
+    body = problem_of(put_nickname(u, "\x1fAna"), 422, "invalid_request")
+    assert "control characters (found U+001F)" in body["detail"]
+    assert u.get(PROFILE).json()["nickname"] is None  # nothing was stored
     reader = stack.user(scope="live:read")
     problem_of(put_nickname(reader, "Reader"), 403, "insufficient_scope")
     problem_of(stack.client.get(PROFILE), 401, "unauthenticated")

@@ -107,7 +107,7 @@ def test_the_seed_payload_round_trips(stack: Stack) -> None:
 def test_each_validation_rule_answers_422_naming_the_entry(stack: Stack) -> None:
     u = stack.user()
 
-    def entry_broken(index: int, **change: str) -> dict[str, Any]:
+    def entry_broken(index: int, **change: object) -> dict[str, Any]:
         body = payload(T0, 20)
         body["transcripts"][index].update(change)
         return body
@@ -130,11 +130,36 @@ def test_each_validation_rule_answers_422_naming_the_entry(stack: Stack) -> None
     for body, field, rule in cases:
         problem = problem_of(u.post(TRANSCRIPTS, body), 422, "invalid_request")
         assert problem["field"] == field and rule in problem["detail"], (field, problem)
-    # Wrong types and unknown fields are malformed requests.
-    problem_of(u.post(TRANSCRIPTS, {**payload(T0), "extra": 1}), 400, "invalid_request")
-    bad_type = payload(T0)
-    bad_type["transcripts"][1]["text"] = 5
-    problem_of(u.post(TRANSCRIPTS, bad_type), 400, "invalid_request")
+    # Wrong types, missing and unknown fields are 422 too, naming the entry's index; no
+    # coercion: "true" is not a boolean.
+    shape_cases: list[tuple[dict[str, Any], str]] = [
+        ({**payload(T0), "extra": 1}, "extra"),
+        (entry_broken(12, text=5), "transcripts[12].text"),
+        (entry_broken(4, role=None), "transcripts[4].role"),
+        (entry_broken(6, interrupted="true"), "transcripts[6].interrupted"),
+        (entry_broken(6, interrupted=1), "transcripts[6].interrupted"),
+        (entry_broken(8, mood="happy"), "transcripts[8].mood"),
+        ({**payload(T0), "session_started_at": 1776333600}, "session_started_at"),
+        ({**payload(T0), "transcripts": [*payload(T0)["transcripts"], 5]}, "transcripts[2]"),
+        ({**payload(T0), "transcripts": None}, "transcripts"),
+    ]
+    missing = payload(T0, 20)
+    del missing["transcripts"][15]["timestamp"]
+    shape_cases.append((missing, "transcripts[15].timestamp"))
+    for body, field in shape_cases:
+        problem = problem_of(u.post(TRANSCRIPTS, body), 422, "invalid_request")
+        assert problem["field"] == field and field.split(".")[0] in problem["detail"], problem
+    # Times that exist in their own offset but not in UTC: refused, not a crash.
+    for body, field in (
+        (entry_broken(2, timestamp="0001-01-01T00:00:00+01:00"), "transcripts[2].timestamp"),
+        (entry_broken(2, timestamp="9999-12-31T23:59:59-23:59"), "transcripts[2].timestamp"),
+        ({**payload(T0), "session_started_at": "0001-01-01T00:30:00+01:00"},
+         "session_started_at"),
+        ({**payload(T0), "session_ended_at": "9999-12-31T23:00:00-23:00"}, "session_ended_at"),
+    ):
+        problem = problem_of(u.post(TRANSCRIPTS, body), 422, "invalid_request")
+        assert problem["field"] == field, problem
+    problem_of(u.post(TRANSCRIPTS, None), 400, "invalid_request")  # no body at all
     # Nothing was stored.
     assert u.get(TRANSCRIPTS).json()["items"] == []
 
@@ -228,8 +253,30 @@ def test_listing_order_filters_and_cursors(stack: Stack) -> None:
     # A cursor is bound to the user it was issued to.
     problem_of(other.get(TRANSCRIPTS, params={"cursor": cursor}), 400, "invalid_request")
     for params in ({"limit": 0}, {"limit": 101}, {"since": "yesterday"},
-                   {"since": "2026-01-01T00:00:00"}):
+                   {"since": "2026-01-01T00:00:00"}, {"since": "1700000000"},
+                   {"until": "2026-01-01"}, {"until": "0001-01-01T00:00:00+01:00"}):
         problem_of(u.get(TRANSCRIPTS, params=params), 400, "invalid_request")
+
+
+def test_session_filter_takes_any_form_of_an_id_and_junk_matches_nothing(stack: Stack) -> None:
+    u = stack.user()
+    sid = u.start()["session_id"]
+    u.post("/api/live/session/end", {"session_id": sid})
+    linked = store(u, {**payload(T0), "session_id": sid})
+    assert pages(u, linked["position"], 5, session_id=sid.upper()) == [linked["transcript_id"]]
+    for junk in ("\x00", "not-a-session", "' OR 1=1 --", "00000000-0000-0000-0000-000000000000"):
+        r = caught_up(u, TRANSCRIPTS, linked["position"], params={"session_id": junk})
+        assert r.status_code == 200, r.text
+        assert r.json()["items"] == [] and r.json()["next_cursor"] is None
+
+
+def test_entry_timestamps_with_long_fractions_are_rfc3339(stack: Stack) -> None:
+    u = stack.user()
+    body = payload(T0, 1)
+    body["transcripts"][0]["timestamp"] = "2026-01-01T00:00:00.1234567891Z"
+    stored = store(u, body)
+    got = read(u, stored["transcript_id"], stored["position"])
+    assert got["transcripts"][0]["timestamp"] == "2026-01-01T00:00:00.123456Z"
 
 
 def test_paging_250_while_new_transcripts_arrive(stack: Stack) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from adapters.integration.vault import SealedKeyError, parse_master_key, seal, unseal
 from adapters.ratelimit import Policy, RateLimiter, RateLimitState
 from domain.errors import InvalidValue
-from domain.integration import check_grant, published_until, token_claims
+from domain.integration import check_grant, check_revoke_reason, published_until, token_claims
 from domain.integration_grant import IntegrationGrant
 from domain.integration_tenant import IntegrationTenant
 from domain.signing_key import SigningKey
@@ -104,6 +104,29 @@ def test_revoke_all_only_raises_the_cut_off_and_not_into_the_future() -> None:
     with pytest.raises(InvalidValue):
         t.revoke_all(T0 + timedelta(hours=1), T0)
     assert [type(e).__name__ for e in t.collect_events()] == ["Registered", "AllRevoked"]
+
+
+def test_revoke_all_takes_a_slightly_fast_client_clock_as_now() -> None:
+    t = IntegrationTenant(tenant_id="t")
+    t.revoke_all(T0 + timedelta(seconds=3), T0)
+    assert t.revoked_before == T0
+    with pytest.raises(InvalidValue):
+        t.revoke_all(T0 + timedelta(seconds=6), T0)
+
+
+@pytest.mark.parametrize(
+    ("reason", "recorded"),
+    [(None, "unspecified"), ("compromised", "compromised"), ("user logged out", "user logged out")],
+)
+def test_revoke_reasons_are_free_text(reason: str | None, recorded: str) -> None:
+    assert check_revoke_reason(reason) == recorded
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "x" * 201, "bad\nline", "nul\x00", "rotated"])
+def test_revoke_reasons_refused(reason: str) -> None:
+    with pytest.raises(InvalidValue) as caught:
+        check_revoke_reason(reason)
+    assert caught.value.field == "reason"
 
 
 def test_signing_key_retires_only_after_its_publication() -> None:

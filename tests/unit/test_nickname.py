@@ -31,6 +31,7 @@ def refused(raw: str) -> str:
         ("👍🏽" * 32, "👍🏽" * 32),  # a skin-tone modifier belongs to its emoji
         ("🇫🇷🇩🇪", "🇫🇷🇩🇪"),  # two flags, two characters
         ("Nguyễn Thị", "Nguyễn Thị"),
+        ("\u3000\tAna\n\u00a0", "Ana"),  # Unicode white space is trimmed
     ],
 )
 def test_accepted_names_are_trimmed_and_normalised(raw: str, stored: str) -> None:
@@ -63,6 +64,9 @@ def test_two_hundred_combining_marks_do_not_get_through() -> None:
         ("line\u2028break", "line separator"),
         ("👨\u200d👩\u200d👧", "format characters (found U+200D)"),
         ("\ufeffbom", "format characters (found U+FEFF)"),
+        # Python's str.strip() takes U+001C-U+001F as whitespace; they are controls.
+        ("\x1fhidden", "control characters (found U+001F)"),
+        ("hidden\x1c", "control characters (found U+001C)"),
     ],
 )
 def test_control_and_format_characters_are_refused(raw: str, rule: str) -> None:

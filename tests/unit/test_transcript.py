@@ -111,6 +111,25 @@ def test_rfc3339_timestamps(text: str, expected: datetime) -> None:
     assert parse_timestamp(text, "f") == expected
 
 
+def test_any_number_of_fraction_digits_is_rfc3339() -> None:
+    at = parse_timestamp("2026-04-16T10:00:03." + "1" * 12 + "Z", "f")
+    assert at == T0 + timedelta(seconds=3, microseconds=111111)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0001-01-01T00:00:00+01:00",  # before year 1 once in UTC
+        "9999-12-31T23:59:59-23:59",  # after year 9999 once in UTC
+    ],
+)
+def test_times_outside_the_utc_calendar_are_refused_not_crashed(text: str) -> None:
+    with pytest.raises(InvalidValue) as caught:
+        parse_timestamp(text, "transcripts[0].timestamp")
+    assert caught.value.field == "transcripts[0].timestamp"
+    assert "1-9999" in caught.value.reason
+
+
 @given(st.datetimes(timezones=st.just(UTC)))
 def test_timestamps_round_trip(at: datetime) -> None:
     assert parse_timestamp(format_timestamp(at), "f") == at
