@@ -121,15 +121,31 @@ def cmd_engine(settings: Settings, args: argparse.Namespace) -> str:
     return "engine stopped"
 
 
+def _check_owner(tenant: str, user: str) -> None:
+    """The ids a credential would carry; anything else could never be used or reached."""
+    from adapters.auth.identifiers import is_valid_identifier
+
+    for flag, value in (("--tenant", tenant), ("--user", user)):
+        if not is_valid_identifier(value):
+            raise ValueError(f"{flag} must be 1-200 characters without whitespace")
+
+
 def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> str:
     from adapters.auth.dev_issuer import DevIssuer
+    from adapters.auth.scopes import parse_scope
 
+    # A malformed scope string would make a token every endpoint refuses as invalid.
+    parse_scope(args.scope, allow_unknown=True)
     return DevIssuer.load_or_create(settings).mint(args.tenant, args.user, args.scope, args.ttl)
 
 
 def cmd_plan_assign(settings: Settings, args: argparse.Namespace) -> str:
     from adapters.bootstrap import build_application
 
+    _check_owner(args.tenant, args.user)
+    if args.max_session_seconds is not None and args.max_session_seconds <= 0:
+        # The use case reads "not given" as the default; 0 must not slip through as that.
+        raise ValueError("--max-session-seconds must be positive")
     app = build_application(settings)
     try:
         answer = app.assign_plan(
@@ -141,14 +157,21 @@ def cmd_plan_assign(settings: Settings, args: argparse.Namespace) -> str:
 
 
 def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> str:
-    from adapters.auth.api_keys import generate_api_key, hash_api_key, load_pepper
+    from adapters.auth.api_keys import (
+        KEY_SCOPES,
+        check_key_request,
+        generate_api_key,
+        hash_api_key,
+        load_pepper,
+    )
     from adapters.auth.scopes import parse_scope
     from adapters.bootstrap import build_application
     from application.principal import Principal
 
+    _check_owner(args.tenant, args.user)
     scopes = parse_scope(args.scope)
-    if not scopes <= {"live:read", "live:write"}:
-        raise ValueError("API keys may hold only live:read and live:write")
+    # The operator stands in for the user, who may hold any key scope.
+    check_key_request(scopes, KEY_SCOPES, args.name)
     principal = Principal(
         tenant_id=args.tenant, user_id=args.user, scopes=scopes, credential="bearer"
     )
@@ -241,8 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from domain.errors import DomainError
+        from domain.errors import DomainError, InvalidValue
 
+        if isinstance(exc, InvalidValue):  # name the input, not only the rule it broke
+            print(f"error: {exc.field}: {exc.reason}", file=sys.stderr)
+            return 2
         if isinstance(exc, DomainError | ValueError):
             print(f"error: {exc}", file=sys.stderr)
             return 2

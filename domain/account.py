@@ -8,7 +8,7 @@ from eventsourcing.domain import Aggregate, event
 
 from domain import ids
 from domain.errors import InvalidValue
-from domain.plans import PLAN_NAMES
+from domain.plans import MAX_PLAN_SECONDS, PLAN_NAMES
 
 
 class Account(Aggregate):
@@ -28,10 +28,12 @@ class Account(Aggregate):
     def assign_plan(self, plan: str, limit_seconds: int, max_session_seconds: int) -> None:
         if plan not in PLAN_NAMES:
             raise InvalidValue("plan", f"unknown plan {plan!r}")
-        if limit_seconds < 0:
-            raise InvalidValue("seconds", "the entitlement cannot be negative")
-        if max_session_seconds <= 0:
-            raise InvalidValue("max_session_seconds", "must be positive")
+        if not 0 <= limit_seconds <= MAX_PLAN_SECONDS:
+            raise InvalidValue("seconds", f"the entitlement must be 0-{MAX_PLAN_SECONDS} seconds")
+        if not 0 < max_session_seconds <= MAX_PLAN_SECONDS:
+            raise InvalidValue(
+                "max_session_seconds", f"must be 1-{MAX_PLAN_SECONDS} seconds"
+            )
         self._plan_assigned(
             plan=plan, limit_seconds=limit_seconds, max_session_seconds=max_session_seconds
         )

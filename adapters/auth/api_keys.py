@@ -19,8 +19,10 @@ import zlib
 from pathlib import Path
 
 from adapters.auth.base62 import encode_fixed, is_base62, random_string
+from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.auth.secret_file import read_or_create_secret
 from application.settings import Settings
+from domain.errors import InvalidValue
 
 PREFIX = "xtl_"
 BODY_LENGTH = 30
@@ -28,6 +30,8 @@ CHECKSUM_LENGTH = 6  # 62**6 > 2**32, so any CRC32 fits
 KEY_LENGTH = len(PREFIX) + BODY_LENGTH + CHECKSUM_LENGTH
 KEY_ID_LENGTH = 12  # ~71 random bits: ids collide only by astronomical bad luck
 PEPPER_FILE_NAME = "api-key-pepper"
+KEY_SCOPES = frozenset({LIVE_READ, LIVE_WRITE})
+MAX_NAME_LENGTH = 100
 
 
 def _checksum(body: str) -> str:
@@ -51,6 +55,20 @@ def has_valid_shape(key: str) -> bool:
     # Not secret-dependent timing in any useful sense: the checksum is a public function
     # of the body, but compare_digest costs nothing and keeps the habit.
     return hmac.compare_digest(checksum, _checksum(body))
+
+
+def check_key_request(scopes: frozenset[str], creator_scopes: frozenset[str], name: str) -> None:
+    """What a new key may hold, whoever issues it (the API or the operator CLI)."""
+    if not scopes:
+        raise InvalidValue("scopes", "an API key needs at least one scope")
+    if not scopes <= KEY_SCOPES:
+        raise InvalidValue("scopes", "API keys may hold only live:read and live:write")
+    if not scopes <= creator_scopes:
+        raise InvalidValue("scopes", "a key cannot hold scopes its creator lacks")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidValue("name", f"must be at most {MAX_NAME_LENGTH} characters")
+    if not name.isprintable():
+        raise InvalidValue("name", "must be printable text")
 
 
 def hash_api_key(key: str, pepper: bytes) -> str:

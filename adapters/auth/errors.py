@@ -16,6 +16,13 @@ class AuthenticationError(Exception):
         self.detail = detail
 
 
+class MissingCredentials(AuthenticationError):
+    """No credential at all. RFC 6750 section 3.1: the challenge then names no error."""
+
+    def __init__(self) -> None:
+        super().__init__("credentials are required")
+
+
 class KeysUnavailable(AuthenticationError):
     """The verification keys could not be fetched (JWKS URL down and nothing cached).
 

@@ -7,20 +7,22 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 
-from adapters.auth.api_keys import generate_api_key, hash_api_key
+from adapters.auth.api_keys import (
+    MAX_NAME_LENGTH,
+    check_key_request,
+    generate_api_key,
+    hash_api_key,
+)
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http.auth import BEARER_ONLY, authenticate
 from adapters.http.commands import idempotency, in_thread, respond, services_of
 from adapters.http.schemas import KEY_PROBLEMS
 from application.results import ApiKeyInfo, ApiKeyIssued
-from domain.errors import InvalidValue
-
-KEY_SCOPES = frozenset({LIVE_READ, LIVE_WRITE})
 
 
 class CreateKey(msgspec.Struct, forbid_unknown_fields=True):
     scopes: Annotated[list[str], msgspec.Meta(min_length=1, max_length=8)]
-    name: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    name: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)] = ""
 
 
 class KeyList(msgspec.Struct):
@@ -37,13 +39,8 @@ class ApiKeyController(Controller):
     ) -> Response[ApiKeyIssued]:
         services = services_of(request)
         principal = authenticate(request, services, LIVE_WRITE, BEARER_ONLY)
-        scopes = set(data.scopes)
-        if not scopes <= KEY_SCOPES:
-            raise InvalidValue("scopes", "API keys may hold only live:read and live:write")
-        if not scopes <= principal.scopes:
-            raise InvalidValue("scopes", "a key cannot hold scopes its creator lacks")
-        if not data.name.isprintable():
-            raise InvalidValue("name", "must be printable text")
+        scopes = frozenset(data.scopes)
+        check_key_request(scopes, principal.scopes, data.name)
         idem = await idempotency(request, principal)
         key_id, key = generate_api_key()
         key_hash = hash_api_key(key, services.pepper)

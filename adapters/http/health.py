@@ -6,9 +6,12 @@ import socket
 from typing import Any
 
 from litestar import Controller, Request, Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from adapters.http.commands import in_thread, services_of
+from adapters.http.problems import problem
+from adapters.http.schemas import READY_PROBLEMS
 from adapters.readmodels import watermark
 
 PROJECTIONS = (
@@ -37,8 +40,8 @@ class HealthController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", operation_id="readyz")
-    async def readyz(self, request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    @get("/readyz", operation_id="readyz", responses=READY_PROBLEMS)
+    async def readyz(self, request: Request[Any, Any, Any]) -> Response[Any]:
         services = services_of(request)
 
         def check() -> dict[str, Any]:
@@ -71,16 +74,27 @@ class HealthController(Controller):
             return checks
 
         checks = await in_thread(check)
-        ready = (
-            checks["postgres"] == "ok"
-            and checks["kafka"] == "ok"
-            and checks["projections_caught_up"]
-        )
-        body = {"status": "ready" if ready else "degraded", "checks": checks}
-        return Response(
-            body, status_code=200 if ready else 503, headers={} if ready else {"Retry-After": "2"}
+        failing = [name for name in ("postgres", "kafka") if checks[name] != "ok"]
+        if not checks["projections_caught_up"]:
+            failing.append("projections")
+        if not failing:
+            return Response({"status": "ready", "checks": checks})
+        # Not ready is an error answer like any other: a problem, with the checks beside it.
+        return problem(
+            request,
+            503,
+            "unavailable",
+            f"not ready: {', '.join(failing)}",
+            {"Retry-After": "2"},
+            checks=checks,
         )
 
-    @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST)
+    @get(
+        "/metrics",
+        operation_id="metrics",
+        # The classic Prometheus text format, which every scraper reads; Litestar adds
+        # the charset itself.
+        media_type=CONTENT_TYPE_PLAIN_0_0_4.removesuffix("; charset=utf-8"),
+    )
     async def metrics(self) -> bytes:
         return generate_latest()

@@ -1,4 +1,4 @@
-"""Request ids and request metrics, for every answer including errors."""
+"""Request ids, security headers and request metrics, for every answer including errors."""
 
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
 )
 
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
+# A client's id is echoed when it is visible ASCII (inner spaces allowed), 1-200 characters:
+# anything a tracing header carries, nothing that could split a header or a log line.
+_CLIENT_ID = re.compile(r"^[!-~](?:[ -~]{0,198}[!-~])?$")
+_STATE_KEY = "request_id"
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
@@ -39,24 +42,17 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":  # type: ignore[comparison-overlap]
             await app(scope, receive, send)
             return
-        sent = _header(scope, b"x-request-id")
-        request_id = sent if sent and _CLIENT_ID.match(sent) else secrets.token_hex(12)
         started = time.perf_counter()
         status = [500]
-        token = request_id_var.set(request_id)
+        token = request_id_var.set(request_id_of(scope))
 
-        async def send_with_id(message: Message) -> None:
+        async def send_counted(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
-                message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await app(scope, receive, send_with_id)
+            await app(scope, receive, send_counted)
         finally:
             request_id_var.reset(token)
             route = _route(scope)
@@ -65,6 +61,32 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             LATENCY.labels(method, route).observe(time.perf_counter() - started)
 
     return middleware
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: the client's `X-Request-Id` when usable, else a new one. Kept in
+    the scope's state, so the logs and the answer name the same id."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    request_id = state.get(_STATE_KEY)
+    if not isinstance(request_id, str):
+        sent = _header(scope, b"x-request-id")
+        request_id = sent if sent and _CLIENT_ID.match(sent) else secrets.token_hex(12)
+        state[_STATE_KEY] = request_id
+    return request_id
+
+
+async def stamp_response(message: Message, scope: Scope) -> None:
+    """A before-send hook: the request id and the security headers on every answer. The
+    app runs it for all of them, including the router's own 404 and 405, which no
+    middleware sees (middleware wraps matched routes only)."""
+    if message["type"] != "http.response.start":
+        return
+    headers = list(message.get("headers", []))
+    present = {bytes(name).lower() for name, _ in headers}
+    if b"x-request-id" not in present:
+        headers.append((b"x-request-id", request_id_of(scope).encode()))
+    headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+    message["headers"] = headers
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -50,3 +50,8 @@ TRANSCRIPT_PROBLEMS = {
     409: _spec("Idempotency-Key reuse with another request"),
     422: _spec("A value breaks a rule; field names it, e.g. transcripts[12].text"),
 }
+
+READY_PROBLEMS = {
+    503: _spec("Not ready: PostgreSQL or Kafka unreachable, or projections too far behind "
+               "(the checks are in `checks`)"),
+}
