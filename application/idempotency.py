@@ -8,7 +8,9 @@ leave an effect without its answer, or an answer without its effect. Dedupe is d
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Protocol
+from uuid import UUID
 
 import msgspec
 
@@ -37,6 +39,10 @@ class IdempotencyStore(Protocol):
 
     def put(self, record: IdempotencyRecord, position: int | None) -> bool:
         """Store an answer for a command that wrote no events; False if the key exists."""
+
+    def last_position(self, aggregate_ids: Sequence[UUID]) -> int | None:
+        """Where an answer that wrote no events stands: the position of the last event of
+        the aggregates it decided on (None if they have none)."""
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:

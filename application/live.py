@@ -36,7 +36,7 @@ from application.transcripts import TranscriptUseCases
 from domain.account import Account
 from domain.api_key import ApiKey
 from domain.billing import END_REASONS, EndReason
-from domain.errors import InvalidValue, NotFound, QuotaExceeded, SessionNotActive
+from domain.errors import DomainError, InvalidValue, NotFound, QuotaExceeded, SessionNotActive
 from domain.ids import account_id, api_key_id, ledger_id
 from domain.ledger import UsageLedger
 from domain.periods import period_bounds
@@ -111,14 +111,18 @@ class LiveApplication(
             try:
                 aggregates, status, outcome = decide()
                 if isinstance(outcome, Exception):
-                    self.save(*aggregates)
+                    saved = self.save(*aggregates)
+                    if isinstance(outcome, DomainError) and saved:
+                        outcome.event_position = max(r.notification.id for r in saved)
                     raise outcome
                 body = msgspec.json.encode(outcome)
                 record = idem.record(status, body) if idem is not None else None
                 if not any(agg.pending_events for agg in aggregates):
-                    if record is not None and not self.idempotency.put(record, None):
+                    # Nothing new to say: the answer stands at its aggregates' last events.
+                    position = self.idempotency.last_position([a.id for a in aggregates])
+                    if record is not None and not self.idempotency.put(record, position):
                         return self._replay_or_raise(idem)
-                    return Answer(status, body, None)
+                    return Answer(status, body, position)
                 recordings = self.save(*aggregates, idempotency=record)
             except RecordConflictError:
                 if idem is not None and replay(self.idempotency, idem) is not None:
@@ -226,7 +230,7 @@ class LiveApplication(
                 raise self._not_active_error(session, ledger)
             at = now()
             bill = session.decide_bill(at, ledger.remaining_seconds)
-            session.apply_bill(bill, seen_at=at)
+            session.apply_bill(bill, seen_at=at, remaining_quota=ledger.remaining_seconds)
             ledger.charge(session_id, bill.seconds, ended=bill.end_reason is not None)
             if bill.end_reason is not None:
                 # The session ended on this heartbeat: saved, then the client is told why.
@@ -259,12 +263,13 @@ class LiveApplication(
             if session.is_active:
                 self._end(session, ledger, reason, now())  # type: ignore[arg-type]
             assert session.ended_at is not None and session.end_reason is not None
+            left = session.remaining_at_end
             result = SessionEnded(
                 session_id=session_id,
                 ended_at=session.ended_at,
                 end_reason=session.end_reason,
                 session_seconds=session.session_seconds,
-                remaining_seconds=ledger.remaining_seconds,
+                remaining_seconds=ledger.remaining_seconds if left is None else left,
             )
             return (session, ledger), 200, result
 
@@ -298,7 +303,7 @@ class LiveApplication(
             bill = session.decide_reap(now(), ledger.remaining_seconds)
             if bill is None:
                 return Reaped(None, session.reap_due(ledger.remaining_seconds))
-            session.apply_bill(bill)
+            session.apply_bill(bill, remaining_quota=ledger.remaining_seconds)
             ledger.charge(str(session.id), bill.seconds, ended=True)
             try:
                 self.save(session, ledger)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
-    """A command was refused by a business rule."""
+    """A command was refused by a business rule.
+
+    `event_position` is set when the refusal came with a change that was saved first (a
+    heartbeat that ran out the quota ended the session): the position of its last event,
+    which the answer reports like any other command's."""
+
+    event_position: int | None = None
 
 
 class QuotaExceeded(DomainError):

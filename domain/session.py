@@ -52,6 +52,7 @@ class LiveSession(Aggregate):
         self.session_seconds = 0
         self.ended_at: datetime | None = None
         self.end_reason: str | None = None
+        self.remaining_at_end: int | None = None
 
     @property
     def is_active(self) -> bool:
@@ -115,9 +116,13 @@ class LiveSession(Aggregate):
             last_seen=self.last_seen,
         )
 
-    def apply_bill(self, bill: Bill, seen_at: datetime | None = None) -> None:
+    def apply_bill(
+        self, bill: Bill, seen_at: datetime | None = None, remaining_quota: int | None = None
+    ) -> None:
         """Record a bill decided by `decide_bill`/`decide_reap` (ending the session if it
-        reached a limit). A zero-second bill that moves nothing records nothing."""
+        reached a limit). A zero-second bill that moves nothing records nothing.
+        `remaining_quota` is what the bill was decided against: an ending session records
+        the quota left after it, which every later end answer repeats."""
         seen_moves = (
             bill.end_reason is None and seen_at is not None and seen_at > self.last_seen
         )
@@ -125,7 +130,8 @@ class LiveSession(Aggregate):
             at = seen_at if bill.end_reason is None and seen_at is not None else bill.bill_point
             self._billed(seconds=bill.seconds, bill_point=bill.bill_point, at=at)
         if bill.end_reason is not None and bill.ended_at is not None:
-            self._ended(reason=bill.end_reason, ended_at=bill.ended_at)
+            left = None if remaining_quota is None else max(0, remaining_quota - bill.seconds)
+            self._ended(reason=bill.end_reason, ended_at=bill.ended_at, remaining_seconds=left)
 
     def end(self, reason: EndReason, now: datetime, remaining_quota: int) -> None:
         """End the session at `now`, billing the last gap first. If a limit was reached
@@ -134,7 +140,7 @@ class LiveSession(Aggregate):
         if bill.end_reason is None:
             bill = Bill(seconds=bill.seconds, bill_point=bill.bill_point, end_reason=reason,
                         ended_at=now)
-        self.apply_bill(bill)
+        self.apply_bill(bill, remaining_quota=remaining_quota)
 
     class Billed(Aggregate.Event):
         """`seconds` billed up to `bill_point`, at a heartbeat seen `at`.
@@ -158,10 +164,28 @@ class LiveSession(Aggregate):
         self.bill_point = bill_point
         self.last_seen = max(self.last_seen, at)
 
-    @event("Ended")
-    def _ended(self, *, reason: str, ended_at: datetime) -> None:
+    class Ended(Aggregate.Event):
+        """The session ended at `ended_at` for `reason`, leaving `remaining_seconds` of the
+        period's quota (what its end answer says, however often it is asked).
+
+        Version 2 added `remaining_seconds`; version 1 rows have none, and their end
+        answer reads the ledger as it is now."""
+
+        class_version = 2
+
+        reason: str
+        ended_at: datetime
+        remaining_seconds: int | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["remaining_seconds"] = None
+
+    @event(Ended)
+    def _ended(self, *, reason: str, ended_at: datetime, remaining_seconds: int | None) -> None:
         self.ended_at = ended_at
         self.end_reason = reason
+        self.remaining_at_end = remaining_seconds
 
     def summary(self) -> dict[str, Any]:
         return {

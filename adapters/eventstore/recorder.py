@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -171,6 +172,16 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
                 (tenant_id, user_id),
             )
             return list(curs.fetchall())
+
+    def last_position(self, aggregate_ids: Sequence[UUID]) -> int | None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                f"SELECT max(notification_id) AS position FROM {EVENTS_TABLE} "  # noqa: S608
+                "WHERE originator_id = ANY(%s)",
+                (list(aggregate_ids),),
+            )
+            row = curs.fetchone()
+        return None if row is None else row["position"]
 
     def put(self, record: IdempotencyRecord, position: int | None) -> bool:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:

@@ -12,10 +12,11 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from adapters.http.api_keys import ApiKeyController
 from adapters.http.audit import AuditController, EventSchemaController
+from adapters.http.commands import remember_writes
 from adapters.http.demo import DemoController
 from adapters.http.health import HealthController
 from adapters.http.integration import IntegrationController
-from adapters.http.middleware import request_id_middleware
+from adapters.http.middleware import request_id_middleware, stamp_response
 from adapters.http.problems import exception_handlers
 from adapters.http.profile import ProfileController
 from adapters.http.quota import QuotaController
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=[lifespan],
         before_request=refuse_while_database_down,
         middleware=[request_id_middleware],
+        before_send=[stamp_response, remember_writes],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

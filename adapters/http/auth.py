@@ -8,11 +8,20 @@ from typing import Any
 from litestar import Request
 
 from adapters.auth.api_keys import has_valid_shape, hash_api_key
-from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, InsufficientScope
+from adapters.auth.errors import (
+    AuthenticationError,
+    CredentialNotAccepted,
+    InsufficientScope,
+    MissingCredentials,
+)
 from adapters.auth.scopes import parse_scope
 from adapters.http.services import Services
 from adapters.integration.tokens import is_integration_token
 from application.principal import CredentialKind, Principal
+
+# Where authentication leaves the caller, in the request's scope state (for the hook that
+# remembers each caller's last command, adapters/http/commands.py).
+PRINCIPAL_STATE = "xentree.principal"
 
 ALL: tuple[CredentialKind, ...] = ("bearer", "api_key", "integration", "service")
 NOT_API_KEY: tuple[CredentialKind, ...] = ("bearer", "integration", "service")
@@ -30,6 +39,7 @@ def authenticate(
         raise CredentialNotAccepted(principal.credential)
     if not principal.has_scope(scope):
         raise InsufficientScope(scope)
+    request.scope.setdefault("state", {})[PRINCIPAL_STATE] = principal
     return principal
 
 
@@ -59,7 +69,7 @@ def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
         return services.service_keys.authenticate(
             service_key, headers.get("x-on-behalf-of", "")
         )
-    raise AuthenticationError("credentials are required")
+    raise MissingCredentials()
 
 
 def _api_key(key: str, services: Services) -> Principal:

@@ -7,9 +7,11 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 from litestar import Request, Response
+from litestar.types import Message, Scope
 
+from adapters.http.auth import PRINCIPAL_STATE
 from adapters.http.problems import BadRequest
-from adapters.http.services import Services
+from adapters.http.services import ReadAfter, Services
 from application.idempotency import IdempotencyRequest, fingerprint
 from application.principal import Principal
 from application.results import Answer
@@ -39,7 +41,8 @@ async def idempotency(
         raise BadRequest("Idempotency-Key must be 1-255 printable characters")
     body = await request.body()
     return IdempotencyRequest(
-        owner=f"{principal.tenant_id}/{principal.user_id}",
+        # Ids never hold white space, so no two (tenant, user) pairs share an owner.
+        owner=f"{principal.tenant_id} {principal.user_id}",
         key=key,
         fingerprint=fingerprint(request.method, request.url.path, body),
     )
@@ -57,10 +60,28 @@ def respond(answer: Answer) -> Response[Any]:
     )
 
 
-def min_position(request: Request[Any, Any, Any]) -> int | None:
+def min_position(request: Request[Any, Any, Any]) -> ReadAfter | None:
     raw = request.headers.get("x-min-position")
-    if raw is None:
-        return None
-    if not raw.isdigit() or len(raw) > 18:
-        raise BadRequest("X-Min-Position must be a non-negative integer")
-    return int(raw)
+    if raw is not None:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+            raise BadRequest("X-Min-Position must be a non-negative integer")
+        return ReadAfter(int(raw), strict=True)
+    principal = request.scope.get("state", {}).get(PRINCIPAL_STATE)
+    if isinstance(principal, Principal):
+        remembered = services_of(request).writes.last(principal)
+        if remembered is not None:
+            return ReadAfter(remembered, strict=False)
+    return None
+
+
+async def remember_writes(message: Message, scope: Scope) -> None:
+    """A before-send hook: a command's X-Event-Position becomes its caller's last write."""
+    if message["type"] != "http.response.start":
+        return
+    principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+    if not isinstance(principal, Principal):
+        return
+    for name, value in message.get("headers", []):
+        if bytes(name).lower() == b"x-event-position":
+            scope["app"].state.services.writes.note(principal, int(value))
+            return

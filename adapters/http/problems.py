@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -12,10 +13,16 @@ from eventsourcing import persistence as es_persistence
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, InsufficientScope
+from adapters.auth.errors import (
+    AuthenticationError,
+    CredentialNotAccepted,
+    InsufficientScope,
+    MissingCredentials,
+)
 from adapters.ratelimit import RateLimited, RateLimitState
 from application.idempotency import IdempotencyMismatch
 from domain.errors import (
+    DomainError,
     InvalidValue,
     NotFound,
     QuotaExceeded,
@@ -111,13 +118,10 @@ def _rate_limited(request: Request[Any, Any, Any], exc: RateLimited) -> Response
 
 
 def _authentication(request: Request[Any, Any, Any], exc: AuthenticationError) -> Response[bytes]:
-    return problem(
-        request,
-        401,
-        "unauthenticated",
-        exc.detail,
-        {"WWW-Authenticate": 'Bearer realm="xentree-live", error="invalid_token"'},
-    )
+    challenge = 'Bearer realm="xentree-live"'
+    if not isinstance(exc, MissingCredentials):
+        challenge += ', error="invalid_token"'
+    return problem(request, 401, "unauthenticated", exc.detail, {"WWW-Authenticate": challenge})
 
 
 def _scope(request: Request[Any, Any, Any], exc: InsufficientScope) -> Response[bytes]:
@@ -139,7 +143,7 @@ def _credential(request: Request[Any, Any, Any], exc: CredentialNotAccepted) -> 
 
 
 def _quota(request: Request[Any, Any, Any], exc: QuotaExceeded) -> Response[bytes]:
-    extra: dict[str, Any] = {"remaining_seconds": 0, "period_end": exc.period_end}
+    extra: dict[str, Any] = {"remaining_seconds": 0, "period_end": _utc(exc.period_end)}
     if exc.session_id is not None:
         extra["session_id"] = exc.session_id
     return problem(
@@ -147,8 +151,22 @@ def _quota(request: Request[Any, Any, Any], exc: QuotaExceeded) -> Response[byte
         402,
         "live_quota_exceeded",
         "the live quota for this period is used up; it resets at period_end",
+        _position(exc),
         **extra,
     )
+
+
+def _position(exc: DomainError) -> dict[str, str]:
+    return {} if exc.event_position is None else {"X-Event-Position": str(exc.event_position)}
+
+
+def _utc(text: str) -> datetime | str:
+    """An ISO time as a UTC datetime, so it is written like every other time in the API
+    (`...Z`, the form the quota answer uses), not as the domain's `isoformat()`."""
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return text
 
 
 def _already_active(request: Request[Any, Any, Any], exc: SessionAlreadyActive) -> Response[bytes]:
@@ -167,6 +185,7 @@ def _not_active(request: Request[Any, Any, Any], exc: SessionNotActive) -> Respo
         409,
         "session_not_active",
         f"the session has ended ({exc.end_reason})",
+        _position(exc),
         session_id=exc.session_id,
         end_reason=exc.end_reason,
     )
@@ -211,9 +230,25 @@ def _validation_detail(exc: ValidationException) -> str:
     detail = exc.detail or "invalid request"
     extra = exc.extra
     if isinstance(extra, list) and extra:
-        messages = [str(e.get("message", "")) if isinstance(e, dict) else str(e) for e in extra]
+        messages = [_located(e) if isinstance(e, dict) else str(e) for e in extra]
         detail = "; ".join(m for m in messages if m) or detail
     return detail
+
+
+# Litestar's message when a handler's body is missing altogether (a KeyError's text).
+_NO_BODY = "'data'"
+
+
+def _located(error: dict[str, Any]) -> str:
+    """Litestar's message with the input it is about (`session_type: Expected ...`); a
+    message about the body as a whole (key `data`) names what it means itself."""
+    message = str(error.get("message", ""))
+    if message == _NO_BODY:
+        return "the request needs a JSON body"
+    key = error.get("key")
+    if not message or not isinstance(key, str) or key in ("", "data"):
+        return message
+    return f"{key}: {message}"
 
 
 _HTTP_CODES = {
@@ -251,6 +286,13 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
     return problem(request, status, code, detail, exc.headers)
 
 
+def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[bytes]:
+    # Litestar parses a body to Python objects before converting it to its Struct, and the
+    # parser recurses per nesting level: `[[[[...` a hundred thousand deep ends here.
+    # Nothing else in the API recurses over client input.
+    return problem(request, 400, "invalid_request", "the JSON body is nested too deeply")
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     request.logger.exception("unhandled error", exc_info=exc)
     return problem(request, 500, "internal", "an internal error occurred; it has been logged")
@@ -277,6 +319,7 @@ def exception_handlers() -> dict[type[Exception] | int, Callable[..., Response[A
         es_persistence.InterfaceError: _unavailable,
         ValidationException: _validation,
         HTTPException: _http,
+        RecursionError: _too_deep,
         Exception: _internal,
     }
 

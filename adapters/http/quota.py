@@ -46,7 +46,7 @@ class QuotaController(Controller):
 
         start, end = period_bounds(services.now())
         if wanted is not None:
-            await services.await_position("quota", wanted)
+            await services.read_mark("quota", wanted)
         async with services.aread() as conn:
             mark, row = await quota_with_watermark(
                 conn, principal.tenant_id, principal.user_id, start

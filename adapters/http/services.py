@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,44 @@ from adapters.integration.vault import SealedKeyVault
 from adapters.ratelimit import RateLimiter, integration_policies
 from adapters.readmodels import async_watermark, watermark
 from application.live import LiveApplication
+from application.principal import Principal
 from application.settings import Settings, parse_database_url
+
+# How long a read waits, unasked, for the caller's own last command before it answers
+# with what the read model has (an explicit X-Min-Position waits read_wait_seconds, then
+# answers 503).
+IMPLICIT_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAfter:
+    """A read that should reflect `position`. `strict`: the client asked (X-Min-Position)
+    and gets 503 if the read model is not there in time; otherwise the API remembered the
+    caller's own last command and waits a little for it, then answers as it can."""
+
+    position: int
+    strict: bool
+
+
+class RecentWrites:
+    """Each caller's last command position, in this process: their next read waits for
+    it without asking (read-your-writes for clients that do not send X-Min-Position, when
+    the read reaches the process that took the command, as with one API worker)."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._last: dict[tuple[str, str], int] = {}
+
+    def note(self, principal: Principal, position: int) -> None:
+        key = (principal.tenant_id, principal.user_id)
+        if len(self._last) >= self._capacity and key not in self._last:
+            self._last.clear()
+        if position > self._last.get(key, 0):
+            self._last[key] = position
+
+    def last(self, principal: Principal) -> int | None:
+        return self._last.get((principal.tenant_id, principal.user_id))
+
 
 
 def utc_now() -> datetime:
@@ -48,6 +85,7 @@ class Services:
     rate_limiter: RateLimiter
     now: Callable[[], datetime] = utc_now
     database: DatabaseHealth | None = None
+    writes: RecentWrites = field(default_factory=RecentWrites)
     # Read models are read on the event loop (no thread per read); opened by `start`, in
     # the API's loop.
     async_reads: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] | None = None
@@ -80,29 +118,18 @@ class Services:
         async with self.async_reads.connection() as conn:
             yield conn
 
-    async def read_mark(self, projection: str, min_position: int | None) -> int:
-        """The projection's watermark (the `as_of` of a read), after waiting for it to
-        reach `min_position` when the client asked to read its own writes."""
-        if min_position is not None:
-            return await self.await_position(projection, min_position)
-        async with self.aread() as conn:
-            return await async_watermark(conn, projection)
-
-    async def await_position(self, projection: str, min_position: int) -> int:
-        """The projection's watermark once it has reached `min_position` (the client
-        reads its own writes), waiting at most `read_wait_seconds`."""
-        deadline = time.monotonic() + self.settings.read_wait_seconds
+    async def read_mark(self, projection: str, wanted: ReadAfter | None) -> int:
+        """The projection's watermark (the `as_of` of a read), after waiting (bounded) for
+        it to reach `wanted`."""
+        deadline = time.monotonic() + self._wait_seconds(wanted)
         while True:
             async with self.aread() as conn:
                 mark = await async_watermark(conn, projection)
-            if mark >= min_position:
+            if wanted is None or mark >= wanted.position:
                 return mark
             if time.monotonic() >= deadline:
-                raise Unavailable(
-                    f"the {projection} read model has not reached position {min_position} yet",
-                    retry_after=1,
-                )
-            await asyncio.sleep(0.02)
+                return self._late(projection, wanted, mark)
+            await asyncio.sleep(0.01)
 
     @property
     def recorder(self) -> LiveRecorder:
@@ -113,21 +140,31 @@ class Services:
         with self.reads.connection() as conn:
             yield conn
 
-    def wait_for(self, projection: str, min_position: int | None) -> int:
-        """The projection's watermark, after waiting (bounded) for it to reach
-        `min_position` when the client asked to read its own writes."""
-        deadline = time.monotonic() + self.settings.read_wait_seconds
+    def wait_for(self, projection: str, wanted: ReadAfter | None) -> int:
+        """The projection's watermark, after waiting (bounded) for it to reach `wanted`."""
+        deadline = time.monotonic() + self._wait_seconds(wanted)
         while True:
             with self.read() as conn:
                 mark = int(watermark(conn, projection))
-            if min_position is None or mark >= min_position:
+            if wanted is None or mark >= wanted.position:
                 return mark
             if time.monotonic() >= deadline:
-                raise Unavailable(
-                    f"the {projection} read model has not reached position {min_position} yet",
-                    retry_after=1,
-                )
-            time.sleep(0.02)
+                return self._late(projection, wanted, mark)
+            time.sleep(0.01)
+
+    def _wait_seconds(self, wanted: ReadAfter | None) -> float:
+        if wanted is None or wanted.strict:
+            return self.settings.read_wait_seconds
+        return min(IMPLICIT_WAIT_SECONDS, self.settings.read_wait_seconds)
+
+    @staticmethod
+    def _late(projection: str, wanted: ReadAfter, mark: int) -> int:
+        if wanted.strict:
+            raise Unavailable(
+                f"the {projection} read model has not reached position {wanted.position} yet",
+                retry_after=1,
+            )
+        return mark
 
     def check_database(self) -> None:
         if self.database is not None and not self.database.up:

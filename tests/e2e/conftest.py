@@ -55,6 +55,9 @@ class User:
     def post(self, path: str, json: object = None, **headers: str) -> httpx.Response:
         return self.stack.client.post(path, json=json, headers={**self.headers, **headers})
 
+    def put(self, path: str, json: object = None, **headers: str) -> httpx.Response:
+        return self.stack.client.put(path, json=json, headers={**self.headers, **headers})
+
     def get(self, path: str, **kw: object) -> httpx.Response:
         headers = {**self.headers, **kw.pop("headers", {})}  # type: ignore[dict-item]
         return self.stack.client.get(path, headers=headers, **kw)  # type: ignore[arg-type]

@@ -147,3 +147,50 @@ def test_the_idle_window_of_a_v1_row_runs_from_its_bill_point(app: LiveApplicati
     decision = loaded.decide_reap(bill_point + timedelta(seconds=idle), 1000)
     assert decision is not None and decision.end_reason == "idle_timeout"
     assert decision.seconds == 0 and decision.ended_at == bill_point
+
+
+def test_a_v1_ended_row_loads_and_its_end_answer_reads_the_ledger(app: LiveApplication) -> None:
+    """`LiveSession.Ended` v1 had no `remaining_seconds`: such a session loads, and its
+    (repeated) end answer takes the remaining quota from the ledger."""
+    p, clock = user(), Clock()
+    sid = msgspec.json.decode(app.start_session(p, "voice", clock).body)["session_id"]
+    session = app.repository.get(UUID(sid))
+    assert isinstance(session, LiveSession)
+    clock.advance(7.2)
+    session.end("client", clock(), 100)
+    billed, ended = session.collect_events()
+    assert isinstance(ended, LiveSession.Ended) and ended.remaining_seconds == 93
+    state = decode_state(app.mapper, app.mapper.to_stored_event(ended).state)
+    assert state.pop("class_version") == 2
+    del state["remaining_seconds"]
+    stored = app.mapper.to_stored_event(ended)
+    app.recorder.insert_events([
+        app.mapper.to_stored_event(billed),
+        StoredEvent(
+            originator_id=stored.originator_id,
+            originator_version=stored.originator_version,
+            topic=stored.topic,
+            state=encode_state(app.mapper, state),
+        ),
+    ])
+    loaded = app.repository.get(UUID(sid))
+    assert isinstance(loaded, LiveSession)
+    assert loaded.end_reason == "client" and loaded.remaining_at_end is None
+    # The ledger never heard of this end (the rows went in behind the application's
+    # back), so it still holds the whole quota: that is what the answer reports.
+    answer = msgspec.json.decode(app.end_session(p, sid, "client", clock).body)
+    assert answer["end_reason"] == "client" and answer["remaining_seconds"] == 100
+
+
+def test_a_v2_ended_session_answers_the_quota_left_at_its_end(app: LiveApplication) -> None:
+    p, clock = user(), Clock()
+    sid = msgspec.json.decode(app.start_session(p, "voice", clock).body)["session_id"]
+    clock.advance(5.5)
+    first = msgspec.json.decode(app.end_session(p, sid, "client", clock).body)
+    assert first["remaining_seconds"] == 95
+    # Another session spends more of the quota; the first one's end answer stands.
+    other = msgspec.json.decode(app.start_session(p, "voice", clock).body)["session_id"]
+    clock.advance(10)
+    app.end_session(p, other, "client", clock)
+    again = msgspec.json.decode(app.end_session(p, sid, "client", clock).body)
+    assert again == first

@@ -37,7 +37,8 @@ def test_the_version_check_catches_a_change_without_a_bump() -> None:
     generated = schemas()
     billed = generated["xentree.live.LiveSession.Billed"]
     assert billed["x-class-version"] == 2
-    assert generated["xentree.live.LiveSession.Ended"]["x-class-version"] == 1
+    assert generated["xentree.live.LiveSession.Ended"]["x-class-version"] == 2
+    assert generated["xentree.live.LiveSession.Started"]["x-class-version"] == 1
     changed = msgspec.json.decode(msgspec.json.encode(billed))
     changed["$defs"]["LiveSessionBilled"]["required"].remove("at")
     [problem] = unversioned_changes({"t": changed}, {"t": billed})

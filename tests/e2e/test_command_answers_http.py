@@ -1,0 +1,79 @@
+"""Command answers at the edges of the contract: a repeated command still says where it
+stands (X-Event-Position) and answers the same body, read-your-writes headers are parsed
+strictly, and Idempotency-Keys are the caller's own."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from tests.e2e.conftest import Stack
+from tests.e2e.test_sessions_http import problem_of
+
+END = "/api/live/session/end"
+START = "/api/live/session/start"
+
+
+def test_a_non_ascii_digit_in_x_min_position_is_a_400(stack: Stack) -> None:
+    u = stack.user()
+    r = u.get("/api/live/quota", headers={"X-Min-Position": b"\xb2"})  # latin-1 '²'
+    problem_of(r, 400, "invalid_request")
+
+
+def test_a_repeated_end_still_says_its_position(stack: Stack) -> None:
+    u = stack.user()
+    sid = u.start()["session_id"]
+    first = u.post(END, {"session_id": sid})
+    again = u.post(END, {"session_id": sid})
+    assert again.status_code == 200 and again.json() == first.json()
+    assert int(again.headers["X-Event-Position"]) >= int(first.headers["X-Event-Position"])
+
+
+def test_a_second_end_answers_the_same_body_after_other_usage(stack: Stack) -> None:
+    u = stack.user()
+    first_id = u.start()["session_id"]
+    time.sleep(1.1)
+    first = u.post(END, {"session_id": first_id})
+    second_id = u.start()["session_id"]
+    time.sleep(1.1)
+    assert u.post("/api/live/session/heartbeat", {"session_id": second_id}).status_code == 200
+    again = u.post(END, {"session_id": first_id})
+    assert again.json() == first.json()
+
+
+def test_idempotency_keys_never_cross_tenants(stack: Stack) -> None:
+    x = secrets.token_hex(4)
+    one = {"Authorization": f"Bearer {stack.issuer.mint(f'{x}/b', 'c', None)}"}
+    two = {"Authorization": f"Bearer {stack.issuer.mint(x, 'b/c', None)}"}
+    key = {"Idempotency-Key": "shared"}
+    first = stack.client.post(START, json={"session_type": "voice"}, headers={**one, **key})
+    second = stack.client.post(START, json={"session_type": "voice"}, headers={**two, **key})
+    assert first.status_code == second.status_code == 201
+    assert first.json()["session_id"] != second.json()["session_id"]
+
+
+def test_a_read_right_after_a_command_reflects_it_without_asking(stack: Stack) -> None:
+    """No X-Min-Position: the API remembers the caller's last command and the next read
+    waits for its read model to get there (the projection trails by a few milliseconds)."""
+    u = stack.user()
+    for i in range(8):
+        r = u.put("/api/live/profile/nickname", {"nickname": f"nick {i}"})
+        assert r.status_code == 200, r.text
+        profile = u.get("/api/live/profile")
+        assert profile.status_code == 200 and profile.json()["nickname"] == f"nick {i}"
+        assert profile.json()["as_of"] >= int(r.headers["X-Event-Position"])
+    stored = u.post("/api/live/transcripts", {
+        "session_started_at": "2026-04-16T10:00:00Z",
+        "session_ended_at": "2026-04-16T10:05:00Z",
+        "transcripts": [
+            {"role": "user", "text": "Hello Xentree", "timestamp": "2026-04-16T10:00:03Z"},
+        ],
+    })
+    assert stored.status_code == 201, stored.text
+    got = u.get(f"/api/live/transcripts/{stored.json()['transcript_id']}")
+    assert got.status_code == 200 and got.json()["entry_count"] == 1
+    sid = u.start()["session_id"]
+    listed = u.get("/api/live/sessions")
+    assert listed.json()["items"][0]["session_id"] == sid
+    quota = u.get("/api/live/quota").json()
+    assert [a["session_id"] for a in quota["active_sessions"]] == [sid]
