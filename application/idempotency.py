@@ -45,6 +45,12 @@ class IdempotencyStore(Protocol):
         the aggregates it decided on (None if they have none)."""
 
 
+def owner_of(tenant_id: str, user_id: str) -> str:
+    """Whose answers a key names. Ids never hold white space, so no two (tenant, user)
+    pairs share an owner."""
+    return f"{tenant_id} {user_id}"
+
+
 def fingerprint(method: str, path: str, body: bytes) -> str:
     h = hashlib.sha256()
     h.update(method.encode())

@@ -12,7 +12,7 @@ from litestar.types import Message, Scope
 from adapters.http.auth import PRINCIPAL_STATE
 from adapters.http.problems import BadRequest
 from adapters.http.services import ReadAfter, Services
-from application.idempotency import IdempotencyRequest, fingerprint
+from application.idempotency import IdempotencyRequest, fingerprint, owner_of
 from application.principal import Principal
 from application.results import Answer
 
@@ -41,8 +41,7 @@ async def idempotency(
         raise BadRequest("Idempotency-Key must be 1-255 printable characters")
     body = await request.body()
     return IdempotencyRequest(
-        # Ids never hold white space, so no two (tenant, user) pairs share an owner.
-        owner=f"{principal.tenant_id} {principal.user_id}",
+        owner=owner_of(principal.tenant_id, principal.user_id),
         key=key,
         fingerprint=fingerprint(request.method, request.url.path, body),
     )

@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from adapters.auth.dev_issuer import DevIssuer
 from adapters.bootstrap import build_application
+from application.idempotency import owner_of
 from application.settings import load_settings
 from domain.ledger import UsageLedger
 from domain.session import LiveSession
@@ -282,7 +283,7 @@ class Workload:
 
     def _run(self, tenant: str, user: str) -> None:
         headers = {"Authorization": f"Bearer {self.stack.token(tenant, user)}"}
-        owner = f"{tenant}/{user}"
+        owner = owner_of(tenant, user)
         with httpx.Client(base_url=self.stack.url, timeout=15, headers=headers) as client:
             while not self._stop.is_set():
                 started = self._send(client, owner, "/api/live/session/start",
