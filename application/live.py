@@ -5,15 +5,16 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import RecordConflictError
+from eventsourcing.persistence import RecordConflictError, StoredEvent
 
 from application.idempotency import (
     IdempotencyRequest,
@@ -56,6 +57,14 @@ class Reaped:
 
     end_reason: str | None
     due: datetime | None
+
+
+class PairedReads(Protocol):
+    """The event store's read of several aggregates' newer events in one query."""
+
+    def select_events_after(
+        self, versions: Sequence[tuple[UUID, int]]
+    ) -> Sequence[StoredEvent]: ...
 
 
 # What a decision hands back: the aggregates to save, the status, and the result (or an
@@ -163,14 +172,65 @@ class LiveApplication(
         )
 
     def _owned_session(self, principal: Principal, session_id: str) -> LiveSession:
+        return self._owned_session_and_ledger(principal, session_id)[0]
+
+    def _owned_session_and_ledger(
+        self, principal: Principal, session_id: str
+    ) -> tuple[LiveSession, UsageLedger]:
         try:
             sid = UUID(session_id)
         except ValueError:
             raise NotFound("session") from None
-        session = self.load(LiveSession, sid)
-        if session is None or not session.owned_by(principal.tenant_id, principal.user_id):
+        found = self._session_and_ledger(sid)
+        if found is None or not found[0].owned_by(principal.tenant_id, principal.user_id):
             raise NotFound("session")
-        return session
+        return found
+
+    def _session_and_ledger(self, session_id: UUID) -> tuple[LiveSession, UsageLedger] | None:
+        """A session and its ledger, as they are now. Both are usually in the aggregate
+        cache, and then one query brings both up to date (the library's loads would ask
+        once for each)."""
+        session = self._cached_copy(LiveSession, session_id)
+        ledger = self._cached_copy(UsageLedger, session.ledger_id) if session else None
+        if session is None or ledger is None:
+            loaded = self.load(LiveSession, session_id)
+            return None if loaded is None else (loaded, self._ledger_of(loaded))
+        self._fast_forward([session, ledger])
+        return session, ledger
+
+    def _cached_copy(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        """A copy of the cached aggregate, taken under the repository's fast-forward lock
+        for it (its loads update cached aggregates in place)."""
+        repository = self.repository
+        if repository.cache is None:
+            return None
+        lock = repository._use_fastforward_lock(aggregate_id)
+        try:
+            with lock:
+                try:
+                    found = repository.cache.get(aggregate_id)
+                except KeyError:
+                    return None
+                return deepcopy(found) if isinstance(found, cls) else None
+        finally:
+            repository._disuse_fastforward_lock(aggregate_id)
+
+    def _fast_forward(self, copies: Sequence[Aggregate]) -> None:
+        """Apply the newer stored events to copies of cached aggregates, in one query, and
+        cache the fresh state."""
+        reader = cast(PairedReads, self.recorder)
+        newer: dict[UUID, list[StoredEvent]] = {a.id: [] for a in copies}
+        for stored in reader.select_events_after([(a.id, a.version) for a in copies]):
+            newer[UUID(str(stored.originator_id))].append(stored)
+        for aggregate in copies:
+            if not newer[aggregate.id]:
+                continue
+            for stored in newer[aggregate.id]:
+                event = self.mapper.to_domain_event(stored)
+                assert isinstance(event, Aggregate.Event)
+                event.mutate(aggregate)
+            assert self.repository.cache is not None
+            self.repository.cache.put(aggregate.id, deepcopy(aggregate))
 
     # ---- use cases ------------------------------------------------------------------
 
@@ -224,8 +284,7 @@ class LiveApplication(
         idem: IdempotencyRequest | None = None,
     ) -> Answer:
         def decide() -> Decision:
-            session = self._owned_session(principal, session_id)
-            ledger = self._ledger_of(session)
+            session, ledger = self._owned_session_and_ledger(principal, session_id)
             if not session.is_active:
                 raise self._not_active_error(session, ledger)
             at = now()
@@ -258,8 +317,7 @@ class LiveApplication(
             raise InvalidValue("reason", f"must be one of {', '.join(CLIENT_END_REASONS)}")
 
         def decide() -> Decision:
-            session = self._owned_session(principal, session_id)
-            ledger = self._ledger_of(session)
+            session, ledger = self._owned_session_and_ledger(principal, session_id)
             if session.is_active:
                 self._end(session, ledger, reason, now())  # type: ignore[arg-type]
             assert session.ended_at is not None and session.end_reason is not None
@@ -281,10 +339,10 @@ class LiveApplication(
         if reason not in END_REASONS:
             raise InvalidValue("reason", "unknown end reason")
         for _ in range(MAX_ATTEMPTS):
-            session = self.load(LiveSession, session_id)
-            if session is None or not session.is_active:
+            found = self._session_and_ledger(session_id)
+            if found is None or not found[0].is_active:
                 return False
-            ledger = self._ledger_of(session)
+            session, ledger = found
             self._end(session, ledger, reason, now())
             try:
                 self.save(session, ledger)
@@ -296,10 +354,10 @@ class LiveApplication(
     def reap(self, session_id: UUID, now: Callable[[], datetime]) -> Reaped:
         """End the session if it is idle or past a limit; else say when it will be due."""
         for _ in range(MAX_ATTEMPTS):
-            session = self.load(LiveSession, session_id)
-            if session is None or not session.is_active:
+            found = self._session_and_ledger(session_id)
+            if found is None or not found[0].is_active:
                 return Reaped(None, None)
-            ledger = self._ledger_of(session)
+            session, ledger = found
             bill = session.decide_reap(now(), ledger.remaining_seconds)
             if bill is None:
                 return Reaped(None, session.reap_due(ledger.remaining_seconds))

@@ -9,6 +9,7 @@ The stream is bounded by the period, so loading it never grows with a user's his
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -44,6 +45,15 @@ class UsageLedger(Aggregate):
         self.used_seconds = 0
         # session id -> (session type, started at)
         self.active: dict[str, tuple[str, datetime]] = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> UsageLedger:
+        """Immutable values but for `active` (a dict of tuples) and the pending events, so
+        those two are copied and the rest shared (see LiveSession.__deepcopy__)."""
+        copied = object.__new__(UsageLedger)
+        copied.__dict__.update(self.__dict__)
+        copied.active = dict(self.active)
+        copied._pending_events = list(self._pending_events)
+        return copied
 
     @property
     def remaining_seconds(self) -> int:

@@ -135,6 +135,32 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
                 curs.execute(self.append_call, params, prepare=True)
                 return [row["position"] for row in curs.fetchall()]
 
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_events_after(
+        self, versions: Sequence[tuple[UUID, int]]
+    ) -> Sequence[StoredEvent]:
+        """Each aggregate's events after its given version, in one query (LiveApplication
+        brings a session and its ledger up to date together)."""
+        if not versions:
+            return []
+        where = " OR ".join(["(originator_id = %s AND originator_version > %s)"] * len(versions))
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                f"SELECT originator_id, originator_version, topic, state FROM {EVENTS_TABLE} "  # noqa: S608
+                f"WHERE {where} ORDER BY originator_id, originator_version",
+                [value for pair in versions for value in pair],
+                prepare=True,
+            )
+            return [
+                StoredEvent(
+                    originator_id=row["originator_id"],
+                    originator_version=row["originator_version"],
+                    topic=row["topic"],
+                    state=bytes(row["state"]),
+                )
+                for row in curs.fetchall()
+            ]
+
     # ---- IdempotencyStore -----------------------------------------------------------
 
     def find(self, owner: str, key: str) -> tuple[str, StoredAnswer] | None:

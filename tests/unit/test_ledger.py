@@ -281,3 +281,18 @@ def test_sessions_sharing_a_ledger_never_overspend(
     assert ledger.used_seconds == sum(s.session_seconds for s in sessions)
     assert set(ledger.active) == {str(s.id) for s in sessions if s.is_active}
     assert all(s.session_seconds <= max_session for s in sessions)
+
+
+def test_a_copy_shares_no_mutable_state_with_its_original() -> None:
+    import copy
+
+    ledger = new_ledger()
+    ledger.start_session("s1", "voice", at(0), max_concurrent=2)
+    ledger.collect_events()
+    active_before = dict(ledger.active)
+    c = copy.deepcopy(ledger)
+    c.start_session("s2", "avatar", at(1), max_concurrent=2)
+    c.charge("s1", 10, ended=True)
+    assert ledger.active == active_before and ledger.used_seconds == 0
+    assert not ledger.pending_events and len(c.pending_events) == 2
+    assert set(c.active) == {"s2"}

@@ -283,3 +283,25 @@ def test_aggregate_never_bills_past_its_limits(
         if s.end_reason != "idle_timeout":
             assert used == min(limit, max_session)
         assert s.ended_at == s.bill_point <= now
+
+
+def test_a_copy_shares_no_mutable_state_with_its_original() -> None:
+    """The repository hands commands a copy of each cached aggregate; a command on the
+    copy (billed, ended) must leave the cached original as it was."""
+    import copy
+    from datetime import date
+    from uuid import UUID
+
+    s = new_session()
+    s.collect_events()
+    before = dict(s.__dict__)
+    c = copy.deepcopy(s)
+    c.apply_bill(c.decide_bill(at(30), 585), seen_at=at(30))
+    c.end("client", at(40), 585)
+    assert c.pending_events and not s.pending_events
+    assert s.__dict__ == before and s.is_active and c.ended_at is not None
+    # The shortcut relies on every attribute being an immutable value.
+    immutable = (str, int, float, bool, type(None), datetime, date, UUID)
+    for name, value in s.__dict__.items():
+        if name != "_pending_events":
+            assert isinstance(value, immutable), (name, type(value))
