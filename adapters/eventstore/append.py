@@ -1,11 +1,11 @@
 """One database function that appends a command's events: `xentree_append`.
 
 It takes the event table's EXCLUSIVE lock (so positions are issued in commit order, as the
-eventsourcing recorder does it), records the command's idempotency answer, inserts the
-events, extends the hash chain (adapters/eventstore/chain.py) and notifies the relay, all
-in one statement: one round trip per command instead of the pipelined transaction of
-several statements the library sends. It is SECURITY DEFINER because only the owner may
-take that lock; it can do nothing but append.
+eventsourcing recorder does it), records the command's idempotency answer, keeps the index
+of active sessions, inserts the events, extends the hash chain (adapters/eventstore/
+chain.py) and notifies the relay, all in one statement: one round trip per command instead
+of the pipelined transaction of several statements the library sends. It is SECURITY
+DEFINER because only the owner may take that lock; it can do nothing but append.
 
 The chain digest computed here must equal `chain.event_digest` byte for byte (a unit test
 and every `audit verify` check it); the event's stored timestamp comes from the caller,
@@ -66,7 +66,11 @@ CREATE OR REPLACE FUNCTION {SCHEMA}.{name}(
     idem_key text,
     idem_fingerprint text,
     idem_status integer,
-    idem_body bytea
+    idem_body bytea,
+    started uuid[],
+    started_credential text[],
+    started_credential_id text[],
+    ended uuid[]
 ) RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
@@ -78,6 +82,15 @@ BEGIN
     IF idem_key IS NOT NULL THEN
         INSERT INTO {SCHEMA}.idempotency (owner, key, fingerprint, status, body)
         VALUES (idem_owner, idem_key, idem_fingerprint, idem_status, idem_body);
+    END IF;
+    -- The write-side index of active sessions, which the reaper and revocation read.
+    IF cardinality(started) > 0 THEN
+        INSERT INTO {SCHEMA}.active_sessions (session_id, credential, credential_id)
+        SELECT * FROM unnest(started, started_credential, started_credential_id)
+        ON CONFLICT DO NOTHING;
+    END IF;
+    IF cardinality(ended) > 0 THEN
+        DELETE FROM {SCHEMA}.active_sessions WHERE session_id = ANY(ended);
     END IF;
     NOTIFY {EVENTS_TABLE};
     SELECT hash INTO previous FROM {SCHEMA}.{CHAIN_TABLE} ORDER BY position DESC LIMIT 1;
@@ -100,10 +113,11 @@ $$;
 
 APPEND_SIGNATURE = (
     f"{APPEND_FUNCTION}({SCHEMA}.{STORED_EVENT_TYPE}[], text[], text, text, text, text, "
-    "integer, bytea)"
+    "integer, bytea, uuid[], text[], text[], uuid[])"
 )
 APPEND_CALL = (
-    f"SELECT {SCHEMA}.{APPEND_FUNCTION}(%s, %s, %s, %s, %s, %s, %s, %s) AS position"
+    f"SELECT {SCHEMA}.{APPEND_FUNCTION}(%s, %s, %s, %s, %s, %s, %s, %s, "
+    "%s::uuid[], %s::text[], %s::text[], %s::uuid[]) AS position"
 )
 
 

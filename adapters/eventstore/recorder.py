@@ -49,17 +49,15 @@ def _datetime(encoded: Any) -> datetime:
     return datetime.fromisoformat(encoded["_data_"])
 
 
+def _started_row(e: StoredEvent) -> tuple[Any, Any, Any]:
+    """A started session's row of the active-sessions index: who started it, with what."""
+    state = _state_decoder.decode(e.state)
+    return e.originator_id, state.get("credential"), state.get("credential_id")
+
+
 def _index_rows(e: StoredEvent) -> list[tuple[str, tuple[Any, ...]]]:
-    """The write-side index statements an event needs (none for most events)."""
-    if e.topic == SESSION_STARTED:
-        state = _state_decoder.decode(e.state)
-        return [(
-            "INSERT INTO active_sessions (session_id, credential, credential_id) "
-            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-            (e.originator_id, state.get("credential"), state.get("credential_id")),
-        )]
-    if e.topic == SESSION_ENDED:
-        return [("DELETE FROM active_sessions WHERE session_id = %s", (e.originator_id,))]
+    """The write-side index statements an event needs besides what the append function
+    keeps itself (the active sessions): none for most events."""
     if e.topic == KEY_ISSUED:
         state = _state_decoder.decode(e.state)
         return [(
@@ -104,10 +102,11 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Append in one call of the append function. Events that also change a
-        write-side index (session started or ended, API keys, integration tokens) send
-        those rows first, in the same transaction, pipelined."""
+        """Append in one call of the append function. Events that also change another
+        write-side index (API keys, integration tokens) send those rows first, in the same
+        transaction, pipelined."""
         record: IdempotencyRecord | None = kwargs.get("idempotency")
+        started = [_started_row(e) for e in stored_events if e.topic == SESSION_STARTED]
         params = (
             [
                 self.construct_pg_stored_event(
@@ -122,6 +121,10 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
                 if record is not None
                 else (None, None, None, None, None)
             ),
+            [session for session, _, _ in started],
+            [credential for _, credential, _ in started],
+            [credential_id for _, _, credential_id in started],
+            [e.originator_id for e in stored_events if e.topic == SESSION_ENDED],
         )
         side = [statement for e in stored_events for statement in _index_rows(e)]
         with self.datastore.get_connection() as conn:
