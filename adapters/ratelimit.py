@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from application.settings import Settings
 
-Connect = Callable[[], AbstractContextManager[Any]]
+# An async connection (adapters/asyncreads.py): counting is one statement, on the loop.
+Connect = Callable[[], AbstractAsyncContextManager[Any]]
 
 # Old windows are swept by about one call in this many.
 _SWEEP_ONE_IN = 200
@@ -66,6 +67,17 @@ def integration_policies(settings: Settings) -> dict[str, Policy]:
     }
 
 
+COUNT = (
+    "WITH clock AS (SELECT extract(epoch FROM clock_timestamp()) AS now) "
+    "INSERT INTO rate_limit_counters AS c (tenant_id, endpoint, window_start, hits) "
+    "SELECT %(tenant)s, %(endpoint)s, "
+    "to_timestamp(floor(clock.now / %(window)s) * %(window)s), 1 FROM clock "
+    "ON CONFLICT (tenant_id, endpoint, window_start) DO UPDATE SET hits = c.hits + 1 "
+    "RETURNING c.hits, extract(epoch FROM c.window_start) AS start, "
+    "(SELECT now FROM clock) AS now"
+)
+
+
 class RateLimiter:
     def __init__(self, connect: Connect, policies: Mapping[str, Policy]) -> None:
         for policy in policies.values():
@@ -74,22 +86,16 @@ class RateLimiter:
         self._connect = connect
         self._policies = dict(policies)
 
-    def hit(self, tenant_id: str, endpoint: str) -> RateLimitState:
+    async def hit(self, tenant_id: str, endpoint: str) -> RateLimitState:
         """Count one call; the state after it (`allowed` False once over the limit)."""
         policy = self._policies[endpoint]
-        with self._connect() as conn:
-            row = conn.execute(
-                "WITH clock AS (SELECT extract(epoch FROM clock_timestamp()) AS now) "
-                "INSERT INTO rate_limit_counters AS c (tenant_id, endpoint, window_start, hits) "
-                "SELECT %(tenant)s, %(endpoint)s, "
-                "to_timestamp(floor(clock.now / %(window)s) * %(window)s), 1 FROM clock "
-                "ON CONFLICT (tenant_id, endpoint, window_start) DO UPDATE SET hits = c.hits + 1 "
-                "RETURNING c.hits, extract(epoch FROM c.window_start) AS start, "
-                "(SELECT now FROM clock) AS now",
-                {"tenant": tenant_id, "endpoint": endpoint, "window": policy.window_seconds},
-            ).fetchone()
+        async with self._connect() as conn:
+            cur = await conn.execute(COUNT, {
+                "tenant": tenant_id, "endpoint": endpoint, "window": policy.window_seconds
+            }, prepare=True)
+            row = await cur.fetchone()
             if random.randrange(_SWEEP_ONE_IN) == 0:
-                conn.execute(
+                await conn.execute(
                     "DELETE FROM rate_limit_counters WHERE window_start < now() - "
                     "make_interval(secs => %s)",
                     (2 * policy.window_seconds,),

@@ -150,12 +150,12 @@ def _counted(endpoint: str, scope: str) -> Callable[[Request[Any, Any, Any]], Aw
         except (AuthenticationError, InsufficientScope, CredentialNotAccepted):
             # Counted, for the headers, but never refused for it: a 401 or 403 tells the
             # caller more than a 429 would.
-            request.state["rate_limit"] = await in_thread(
-                lambda: services.rate_limiter.hit(UNAUTHORISED_BUCKET, endpoint)
+            request.state["rate_limit"] = await services.rate_limiter.hit(
+                UNAUTHORISED_BUCKET, endpoint
             )
             raise
         request.state["principal"] = principal
-        state = await in_thread(lambda: services.rate_limiter.hit(principal.tenant_id, endpoint))
+        state = await services.rate_limiter.hit(principal.tenant_id, endpoint)
         request.state["rate_limit"] = state
         if not state.allowed:
             raise RateLimited(state)
@@ -222,9 +222,7 @@ class IntegrationController(Controller):
     ) -> Response[Introspection]:
         services = services_of(request)
         principal = _principal(request)
-        verified = await in_thread(
-            lambda: services.integration_tokens.verify(data.token, principal.tenant_id)
-        )
+        verified = await services.integration_tokens.verify_async(data.token, principal.tenant_id)
         body = _introspection(verified) if verified is not None else INACTIVE
         response = Response(
             content=body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"}

@@ -12,8 +12,9 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import ConnectionPool
 
+from adapters.asyncreads import AsyncReads
 from adapters.auth.api_keys import load_pepper
 from adapters.auth.bearer import BearerVerifier
 from adapters.auth.service_keys import ServiceKeyChecker
@@ -86,35 +87,21 @@ class Services:
     now: Callable[[], datetime] = utc_now
     database: DatabaseHealth | None = None
     writes: RecentWrites = field(default_factory=RecentWrites)
-    # Read models are read on the event loop (no thread per read); opened by `start`, in
-    # the API's loop.
-    async_reads: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] | None = None
+    # Reads on the event loop (no thread per read), opened by `start` in the API's loop.
+    async_reads: AsyncReads | None = None
 
     async def start(self) -> None:
         if self.async_reads is not None:
-            return
-        pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = (
-            AsyncConnectionPool(
-                parse_database_url(self.settings.database_url).conninfo(),
-                min_size=1,
-                max_size=self.settings.db_pool_size,
-                timeout=2,
-                kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 2},
-                open=False,
-            )
-        )
-        await pool.open()
-        self.async_reads = pool
+            await self.async_reads.open()
 
     async def stop(self) -> None:
-        pool, self.async_reads = self.async_reads, None
-        if pool is not None:
-            await pool.close()
+        if self.async_reads is not None:
+            await self.async_reads.close()
 
     @asynccontextmanager
     async def aread(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
         if self.async_reads is None:
-            raise RuntimeError("Services.start() has not run")
+            raise RuntimeError("these services have no async read pool")
         async with self.async_reads.connection() as conn:
             yield conn
 
@@ -195,7 +182,8 @@ def build_services(settings: Settings) -> Services:
         with reads.connection() as conn:
             yield conn
 
-    store = IntegrationStore(read)
+    async_reads = AsyncReads(conninfo, settings.db_pool_size)
+    store = IntegrationStore(read, async_reads.connection)
     return Services(
         settings=settings,
         live=live,
@@ -210,6 +198,7 @@ def build_services(settings: Settings) -> Services:
             audience=settings.integration_audience,
         ),
         token_signer=TokenSigner(live.key_vault),
-        rate_limiter=RateLimiter(read, integration_policies(settings)),
+        rate_limiter=RateLimiter(async_reads.connection, integration_policies(settings)),
         database=DatabaseHealth(conninfo).start(),
+        async_reads=async_reads,
     )

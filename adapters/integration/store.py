@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from adapters.auth.jwk import key_from_jwk
 
 Connect = Callable[[], AbstractContextManager[Any]]
+AsyncConnect = Callable[[], AbstractAsyncContextManager[Any]]
+
+GRANT_STATUS = (
+    "SELECT g.tenant_id, g.kid, g.issued_at, (r.jti IS NOT NULL) AS revoked, "
+    "t.revoked_before FROM integration_grants g "
+    "LEFT JOIN revoked_tokens r ON r.jti = g.jti "
+    "LEFT JOIN integration_tenants t ON t.tenant_id = g.tenant_id "
+    "WHERE g.jti = %s"
+)
 
 _MAX_CACHED_KEYS = 10_000
 
@@ -48,8 +57,9 @@ class GrantStatus:
 
 
 class IntegrationStore:
-    def __init__(self, connect: Connect) -> None:
+    def __init__(self, connect: Connect, async_connect: AsyncConnect | None = None) -> None:
         self._connect = connect
+        self._async_connect = async_connect
         self._lock = threading.Lock()
         self._keys: dict[str, PublicSigningKey] = {}
 
@@ -77,23 +87,17 @@ class IntegrationStore:
     def grant_status(self, jti: str) -> GrantStatus | None:
         """None when no grant has this jti (a token we never issued)."""
         with self._connect() as conn:
-            row = conn.execute(
-                "SELECT g.tenant_id, g.kid, g.issued_at, (r.jti IS NOT NULL) AS revoked, "
-                "t.revoked_before FROM integration_grants g "
-                "LEFT JOIN revoked_tokens r ON r.jti = g.jti "
-                "LEFT JOIN integration_tenants t ON t.tenant_id = g.tenant_id "
-                "WHERE g.jti = %s",
-                (jti,),
-            ).fetchone()
-        if row is None:
-            return None
-        return GrantStatus(
-            tenant_id=row["tenant_id"],
-            kid=row["kid"],
-            issued_at=row["issued_at"],
-            revoked=row["revoked"],
-            revoked_before=row["revoked_before"],
-        )
+            row = conn.execute(GRANT_STATUS, (jti,)).fetchone()
+        return _status(row)
+
+    async def grant_status_async(self, jti: str) -> GrantStatus | None:
+        """`grant_status`, read on the event loop."""
+        if self._async_connect is None:
+            raise RuntimeError("this store has no async connection")
+        async with self._async_connect() as conn:
+            cur = await conn.execute(GRANT_STATUS, (jti,), prepare=True)
+            row = await cur.fetchone()
+        return _status(row)
 
     def published_keys(self, tenant_id: str, now: datetime) -> list[dict[str, str]]:
         """The tenant's public JWKs that may still verify a token, oldest first."""
@@ -114,6 +118,18 @@ class IntegrationStore:
                 (tenant_id,),
             ).fetchone()
         return _published(row) if row is not None else None
+
+
+def _status(row: dict[str, Any] | None) -> GrantStatus | None:
+    if row is None:
+        return None
+    return GrantStatus(
+        tenant_id=row["tenant_id"],
+        kid=row["kid"],
+        issued_at=row["issued_at"],
+        revoked=row["revoked"],
+        revoked_before=row["revoked_before"],
+    )
 
 
 def _published(row: dict[str, Any]) -> dict[str, str]:

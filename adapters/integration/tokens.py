@@ -28,7 +28,7 @@ from adapters.auth.identifiers import is_valid_identifier
 from adapters.auth.jwk import b64url_decode
 from adapters.auth.scopes import parse_scope
 from adapters.auth.strict_json import loads_object
-from adapters.integration.store import IntegrationStore
+from adapters.integration.store import GrantStatus, IntegrationStore
 from adapters.integration.vault import SealedKeyVault
 from application.principal import Principal
 from domain.integration import GRANTABLE_SCOPES, MAX_TTL_SECONDS, TokenClaims
@@ -49,6 +49,7 @@ _KID = re.compile(r"[A-Za-z0-9_-]{43}")  # base64url SHA-256
 _JTI = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _HEADER_MEMBERS = frozenset({"alg", "typ", "kid"})
 _REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+SIGNED_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,21 +104,29 @@ class IntegrationTokenVerifier:
         self._store = store
         self._issuer = issuer
         self._audience = audience
+        # token -> its checked header and claims (the signature work is done once).
+        self._signed: dict[str, VerifiedToken] = {}
 
     def verify(
         self, token: object, tenant_id: str | None, now: float | None = None
     ) -> VerifiedToken | None:
         """The token if it is valid and active right now (for `tenant_id`, when given)."""
-        checked = self.check(token, now)
-        if checked is None or (tenant_id is not None and checked.claims.tid != tenant_id):
+        checked = self._for_tenant(self.check(token, now), tenant_id)
+        if checked is None:
             return None
-        status = self._store.grant_status(checked.claims.jti)
-        if (
-            status is None
-            or not status.active
-            or status.tenant_id != checked.claims.tid
-            or status.kid != checked.kid
-        ):
+        return checked if _active(checked, self._store.grant_status(checked.claims.jti)) else None
+
+    async def verify_async(self, token: object, tenant_id: str | None) -> VerifiedToken | None:
+        """`verify`, with the revocation read on the event loop."""
+        checked = self._for_tenant(self.check(token), tenant_id)
+        if checked is None:
+            return None
+        status = await self._store.grant_status_async(checked.claims.jti)
+        return checked if _active(checked, status) else None
+
+    @staticmethod
+    def _for_tenant(checked: VerifiedToken | None, tenant_id: str | None) -> VerifiedToken | None:
+        if checked is None or (tenant_id is not None and checked.claims.tid != tenant_id):
             return None
         return checked
 
@@ -138,7 +147,26 @@ class IntegrationTokenVerifier:
         self, token: object, now: float | None = None, *, times: bool = True
     ) -> VerifiedToken | None:
         """Header, signature and claims, but not revocation. `times=False` accepts an
-        expired token (revoking one by token is harmless); `now` is for tests."""
+        expired token (revoking one by token is harmless); `now` is for tests.
+
+        A token whose signature and claims were checked once is not checked again: a
+        token cannot change, nor the key its kid names (the kid is the key's thumbprint).
+        Its times are checked on every call; revocation by the callers, on every call."""
+        if now is None and isinstance(token, str):
+            seen = self._signed.get(token)
+            if seen is not None:
+                if times and not _in_time(seen.claims, time.time()):
+                    return None
+                return seen
+        verified = self._check(token, now, times)
+        if verified is not None and now is None:
+            assert isinstance(token, str)
+            if len(self._signed) >= SIGNED_CACHE_SIZE:
+                self._signed.clear()
+            self._signed[token] = verified
+        return verified
+
+    def _check(self, token: object, now: float | None, times: bool) -> VerifiedToken | None:
         parts = _split(token)
         if parts is None:
             return None
@@ -188,6 +216,16 @@ class IntegrationTokenVerifier:
         if times and not _in_time(parsed, clock):
             return None
         return VerifiedToken(claims=parsed, kid=kid, scopes=scopes)
+
+
+def _active(checked: VerifiedToken, status: GrantStatus | None) -> bool:
+    """What the database says now: issued by us, not revoked, by this tenant's key."""
+    return (
+        status is not None
+        and status.active
+        and status.tenant_id == checked.claims.tid
+        and status.kid == checked.kid
+    )
 
 
 def _scopes(claims: TokenClaims) -> frozenset[str] | None:

@@ -54,6 +54,9 @@ class FakeStore:
     def grant_status(self, jti: str) -> GrantStatus | None:
         return self.grants.get(jti)
 
+    async def grant_status_async(self, jti: str) -> GrantStatus | None:
+        return self.grants.get(jti)
+
     def record(self, tenant: Tenant, jti: str, issued_at: int = NOW, **kw: Any) -> None:
         self.grants[jti] = GrantStatus(
             tenant_id=tenant.tenant_id, kid=tenant.kid,
@@ -317,3 +320,44 @@ def test_grant_status_cut_off_rule() -> None:
     assert not status.active
     assert GrantStatus(tenant_id="t", kid="k", issued_at=at, revoked=False,
                        revoked_before=at).active
+
+
+# ---- the cache of checked signatures ---------------------------------------------------
+
+
+def test_a_signature_is_checked_once_and_revocation_every_time(
+    verifier: IntegrationTokenVerifier, store: FakeStore, acme: Tenant,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import time
+
+    import jwt
+
+    decodes: list[str] = []
+    real = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        decodes.append(token)
+        return real(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    now = int(time.time())
+    token = compact(header(acme), claims(acme, iat=now, nbf=now, exp=now + 120), acme.private)
+    assert verifier.verify(token, "acme") is not None
+    assert asyncio.run(verifier.verify_async(token, "acme")) is not None
+    assert verifier.verify(token, "acme") is not None and decodes == [token]
+    # Revoked: refused at once, though its signature is remembered.
+    store.record(acme, "jti-0123456789abcdef", issued_at=now, revoked=True)
+    assert verifier.verify(token, "acme") is None
+    assert asyncio.run(verifier.verify_async(token, "acme")) is None
+    store.record(acme, "jti-0123456789abcdef", issued_at=now)
+    # Expired: refused, remembered or not.
+    monkeypatch.setattr(time, "time", lambda: now + 121)
+    assert verifier.verify(token, "acme") is None
+    assert verifier.check(token, times=False) is not None  # revoking by token still works
+    # A tampered token is not the remembered one.
+    monkeypatch.setattr(time, "time", lambda: now + 1)
+    tampered = token[:-3] + ("AAA" if token[-3:] != "AAA" else "BBB")
+    assert verifier.verify(tampered, "acme") is None
+    assert verifier.verify(token, "globex") is None
