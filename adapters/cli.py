@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -263,6 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.run(settings, args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`audit export | head`); nothing more can reach it, and the
+        # interpreter's final flush must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:
         from domain.errors import DomainError, InvalidValue
 
@@ -271,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if isinstance(exc, DomainError | ValueError):
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.filename is not None:  # a file named by a flag
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ PROCESSES: list[tuple[str, list[str]]] = [
     ("realtime", ["realtime"]),
 ]
 STOP_GRACE_SECONDS = 10.0
+APP_ROLE = "xentree_app"  # the dev stack's application role (adapters/eventstore/history.py)
 BACKOFF_START_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 HEALTHY_AFTER_SECONDS = 30.0  # a child up this long gets its backoff reset
@@ -246,6 +247,24 @@ def run_once(name: str, argv: Sequence[str], env: Mapping[str, str], output: Out
         terminate(proc)
 
 
+def app_env(
+    environ: Mapping[str, str], database_url: str, bootstrap: str, *, own_postgres: bool
+) -> dict[str, str]:
+    """The environment of migrate and the app processes."""
+    env = {
+        **environ,
+        "XENTREE_DATABASE_URL": database_url,
+        "XENTREE_KAFKA_BOOTSTRAP": bootstrap,
+        "PYTHONUNBUFFERED": "1",
+    }
+    if own_postgres:
+        # Our own server, whose login user may create roles: migrate runs as that user and
+        # the apps as a role that can append history but never change it (an explicit
+        # XENTREE_DATABASE_ROLE, even an empty one, wins).
+        env.setdefault("XENTREE_DATABASE_ROLE", APP_ROLE)
+    return env
+
+
 class _Shutdown(Exception):
     pass
 
@@ -296,12 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kafka = EmbeddedKafka(int(port), log_path=state / "logs" / "tansu.log")
             say(f"starting Tansu (memory storage, log {kafka.log_path})")
             bootstrap = kafka.start()
-        env = {
-            **os.environ,
-            "XENTREE_DATABASE_URL": database_url,
-            "XENTREE_KAFKA_BOOTSTRAP": bootstrap,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = app_env(os.environ, database_url, bootstrap, own_postgres=postgres is not None)
         say("migrating")
         migrate = run_once("migrate", [*command, "migrate"], env, out)
         if migrate != 0:
@@ -313,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"API         {api}")
         say(f"OpenAPI     {api}/schema")
         say(f"PostgreSQL  {database_url}")
+        if env.get("XENTREE_DATABASE_ROLE"):
+            say(f"App role    {env['XENTREE_DATABASE_ROLE']} (appends history, cannot change it)")
         say(f"Kafka       {bootstrap}")
         while True:
             try:

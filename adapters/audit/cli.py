@@ -17,12 +17,26 @@ Command = Callable[[Settings, argparse.Namespace], Any]
 
 
 def instant(text: str) -> datetime:
-    """An RFC 3339 instant; one without an offset is taken as UTC."""
+    """An RFC 3339 instant (its `T` and `Z` in either case); one without an offset is
+    taken as UTC."""
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.strip().upper())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 instant such as 2026-11-24T12:00:00Z: {text!r}"
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def position(text: str) -> int:
+    """A position in the event store: a whole number, 0 for the beginning."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a position (a whole number >= 0): {text!r}")
+    return value
 
 
 def _lazy(name: str) -> Command:
@@ -48,7 +62,7 @@ def add_parsers(sub: Any) -> None:
     export.add_argument("--user")
     export.add_argument("--since", type=instant, help="event time, inclusive")
     export.add_argument("--until", type=instant, help="event time, inclusive")
-    export.add_argument("--after", type=int, default=0, help="start after this position")
+    export.add_argument("--after", type=position, default=0, help="start after this position")
     export.add_argument("--output", help="write to this file instead of stdout")
     export.set_defaults(run=_lazy("cmd_export"))
     replay_ = audit.add_parser("replay", help="a user's quota and sessions at an instant")

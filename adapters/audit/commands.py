@@ -14,7 +14,7 @@ import msgspec
 import psycopg
 
 from adapters.audit.digest import DigestSigner, encode_digest, load_digest
-from adapters.audit.history import History, Selection
+from adapters.audit.history import History, Selection, UnknownOwner
 from adapters.audit.rebuild import check, chosen, rebuild
 from adapters.audit.replay import replay
 from adapters.eventstore import chain
@@ -26,6 +26,13 @@ _encoder = msgspec.json.Encoder()
 
 class AuditFailed(ValueError):
     """A check found a difference: the CLI exits non-zero with this message."""
+
+
+def _verdict(failed: AuditFailed) -> AuditFailed:
+    """A failed check's verdict is still its result: the last line of stdout, as an
+    intact one's would be (the CLI also writes the error to stderr)."""
+    print(failed, flush=True)
+    return failed
 
 
 @contextmanager
@@ -68,7 +75,10 @@ def _verify(settings: Settings, digest_file: str | None) -> tuple[chain.Verdict,
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> str:
-    verdict, where = _verify(settings, args.digest)
+    try:
+        verdict, where = _verify(settings, args.digest)
+    except AuditFailed as failed:
+        raise _verdict(failed) from None
     return f"chain intact: {verdict.events} events, {where}"
 
 
@@ -81,23 +91,33 @@ def cmd_digest(settings: Settings, args: argparse.Namespace) -> str:
     return encoded.decode()
 
 
-def cmd_export(settings: Settings, args: argparse.Namespace) -> None:
+def cmd_export(settings: Settings, args: argparse.Namespace) -> str | None:
+    if args.since and args.until and args.since > args.until:
+        raise ValueError("--since is later than --until: no event could be in between")
     selection = Selection(tenant=args.tenant, user=args.user, since=args.since, until=args.until)
     with ExitStack() as stack:
+        conn_history = stack.enter_context(_history(settings))
         out = (
             stack.enter_context(Path(args.output).open("wb"))
             if args.output
             else sys.stdout.buffer
         )
-        conn_history = stack.enter_context(_history(settings))
         count = last = 0
+        owned = False
         for envelope in conn_history[1].envelopes(args.after):
             last = envelope.position
-            if selection.matches(envelope):
-                out.write(encode(envelope) + b"\n")
-                count += 1
+            if selection.owns(envelope):
+                owned = True
+                if selection.matches(envelope):
+                    out.write(encode(envelope) + b"\n")
+                    count += 1
         out.flush()
-    print(f"exported {count} events (scanned up to position {last})", file=sys.stderr)
+    if not owned and args.after == 0 and (args.tenant is not None or args.user is not None):
+        raise UnknownOwner(args.tenant, args.user)
+    summary = f"exported {count} events (scanned up to position {last})"
+    print(summary, file=sys.stderr)
+    # On stdout only when the events went to a file: there, every line is an event.
+    return f"{summary} to {args.output}" if args.output else None
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> str:
@@ -117,11 +137,10 @@ def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> str:
     if args.check:
         bad = [r["projection"] for r in reports if not r["ok"]]
         if bad:
-            raise AuditFailed(f"rebuilt rows differ from the live ones: {', '.join(bad)}")
+            differ = AuditFailed(f"rebuilt rows differ from the live ones: {', '.join(bad)}")
+            raise _verdict(differ)
         return f"rebuilt rows equal the live ones: {', '.join(specs)}"
     return f"rebuilt and switched: {', '.join(specs)}"
-
-
 
 
 def cmd_schemas(_settings: Settings, args: argparse.Namespace) -> str:

@@ -9,6 +9,7 @@ import base64
 import hashlib
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -26,14 +27,17 @@ from application.settings import Settings
 
 KEY_FILE_NAME = "audit-digest-key.pem"
 _PURPOSE = b"xentree-live chain digest v1\n"
+# A digest is a line of ~250 bytes; reading more than this means the file is not one
+# (and `--digest /dev/zero` must not read forever).
+MAX_DIGEST_BYTES = 4096
 
 
 class Digest(msgspec.Struct, frozen=True, kw_only=True):
-    position: int
-    head: str  # hex
+    position: Annotated[int, msgspec.Meta(ge=0)]
+    head: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]  # hex SHA-256
     time: datetime
-    key_id: str
-    signature: str = ""  # base64url, over the other fields
+    key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    signature: Annotated[str, msgspec.Meta(max_length=200)] = ""  # base64url
 
     def signed_bytes(self) -> bytes:
         return _PURPOSE + (
@@ -89,10 +93,18 @@ class DigestSigner:
 
 
 def load_digest(path: Path) -> Digest:
+    """The digest `audit digest` wrote to `path`; DigestError for anything else."""
     try:
-        return msgspec.json.decode(path.read_bytes(), type=Digest)
-    except (OSError, msgspec.DecodeError) as exc:
-        raise DigestError(f"cannot read digest {path}: {exc}") from None
+        with path.open("rb") as file:
+            raw = file.read(MAX_DIGEST_BYTES + 1)
+    except OSError as exc:
+        raise DigestError(f"cannot read digest {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_DIGEST_BYTES:
+        raise DigestError(f"{path} is not a chain digest: over {MAX_DIGEST_BYTES} bytes")
+    try:
+        return msgspec.json.decode(raw, type=Digest)
+    except msgspec.DecodeError as exc:
+        raise DigestError(f"{path} is not a chain digest: {exc}") from None
 
 
 def encode_digest(digest: Digest) -> bytes:

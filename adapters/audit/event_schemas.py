@@ -7,7 +7,8 @@ Each schema carries its event class's `class_version` as `x-class-version`: a ch
 event's shape must come with a version bump (and an `upcast_vN_vN+1` for the stored rows).
 
 `xentree-live audit schemas --write docs/events` keeps docs/events/ in step with the code;
-unit tests fail when they drift apart, and when a schema changes without a version bump."""
+unit tests fail when they drift apart, and when a schema changes without a version bump
+(which `--write` refuses too, so regenerating is no way round the bump)."""
 
 from __future__ import annotations
 
@@ -126,10 +127,32 @@ def render(schema: dict[str, Any]) -> bytes:
     return msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
 
 
+class UnversionedChange(ValueError):
+    """Regenerating would publish a changed shape under a version already published."""
+
+
+def published(directory: Path) -> dict[str, dict[str, Any]]:
+    """The schemas written to `directory` before, by event type."""
+    found = {}
+    for path in sorted(directory.glob(f"{TYPE_PREFIX}*.json")):
+        try:
+            found[path.name.removesuffix(".json")] = msgspec.json.decode(path.read_bytes())
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{path} is not a JSON Schema: {exc}") from None
+    return found
+
+
 def write(directory: Path) -> list[Path]:
-    """Write one <type>.json per event type (and remove schemas of types that are gone)."""
+    """Write one <type>.json per event type (and remove schemas of types that are gone).
+
+    Refuses, writing nothing, when a type's shape changed without a `class_version` bump:
+    regenerating must not be the way round the version check."""
     directory.mkdir(parents=True, exist_ok=True)
-    wanted = {directory / f"{t}.json": render(s) for t, s in schemas().items()}
+    generated = schemas()
+    problems = unversioned_changes(published(directory), generated)
+    if problems:
+        raise UnversionedChange("\n".join(["schemas not written:", *problems]))
+    wanted = {directory / f"{t}.json": render(s) for t, s in generated.items()}
     for stale in set(directory.glob(f"{TYPE_PREFIX}*.json")) - set(wanted):
         stale.unlink()
     for path, text in wanted.items():

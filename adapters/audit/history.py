@@ -16,6 +16,7 @@ from psycopg.rows import tuple_row
 
 from adapters.eventstore.history import EVENTS_TABLE
 from adapters.relay.envelope import Envelope, Owners, to_envelope
+from domain.errors import NotFound
 
 BATCH = 2000
 
@@ -42,11 +43,29 @@ class Selection:
 
     def matches(self, envelope: Envelope) -> bool:
         return (
-            (self.tenant is None or envelope.tenantid == self.tenant)
-            and (self.user is None or envelope.userid == self.user)
+            self.owns(envelope)
             and (self.since is None or envelope.time >= self.since)
             and (self.until is None or envelope.time <= self.until)
         )
+
+    def owns(self, envelope: Envelope) -> bool:
+        """The owner bounds alone: whether the event is of the tenant and user asked for."""
+        return (self.tenant is None or envelope.tenantid == self.tenant) and (
+            self.user is None or envelope.userid == self.user
+        )
+
+
+class UnknownOwner(NotFound):
+    """The whole history holds no event of the tenant (and user) asked for: most likely a
+    mistyped id, which must not read as "nothing happened"."""
+
+    def __init__(self, tenant: str | None, user: str | None) -> None:
+        named = [f"user {user!r}"] if user is not None else []
+        if tenant is not None:
+            named.append(f"tenant {tenant!r}")
+        owner = " of ".join(named)
+        super().__init__(owner)
+        self.args = (f"the event history holds no event of {owner}",)
 
 
 def head(conn: psycopg.Connection[Any]) -> int:

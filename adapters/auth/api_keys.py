@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 from adapters.auth.base62 import encode_fixed, is_base62, random_string
-from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
+from adapters.auth.scopes import AUDIT_READ, LIVE_READ, LIVE_WRITE
 from adapters.auth.secret_file import read_or_create_secret
 from application.settings import Settings
 from domain.errors import InvalidValue
@@ -30,7 +30,9 @@ CHECKSUM_LENGTH = 6  # 62**6 > 2**32, so any CRC32 fits
 KEY_LENGTH = len(PREFIX) + BODY_LENGTH + CHECKSUM_LENGTH
 KEY_ID_LENGTH = 12  # ~71 random bits: ids collide only by astronomical bad luck
 PEPPER_FILE_NAME = "api-key-pepper"
-KEY_SCOPES = frozenset({LIVE_READ, LIVE_WRITE})
+# Server-to-server callers: the live API, and auditors' tools (a platform auditor's key
+# reads every tenant's history).
+KEY_SCOPES = frozenset({LIVE_READ, LIVE_WRITE, AUDIT_READ})
 MAX_NAME_LENGTH = 100
 
 
@@ -62,7 +64,7 @@ def check_key_request(scopes: frozenset[str], creator_scopes: frozenset[str], na
     if not scopes:
         raise InvalidValue("scopes", "an API key needs at least one scope")
     if not scopes <= KEY_SCOPES:
-        raise InvalidValue("scopes", "API keys may hold only live:read and live:write")
+        raise InvalidValue("scopes", "API keys may hold only live:read, live:write and audit:read")
     if not scopes <= creator_scopes:
         raise InvalidValue("scopes", "a key cannot hold scopes its creator lacks")
     if len(name) > MAX_NAME_LENGTH:

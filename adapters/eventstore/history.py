@@ -3,11 +3,11 @@ DELETE and TRUNCATE (triggers, for every role including the owner), and the appl
 role may only read and append to them (privileges).
 
 Schema setup (`migrate`) runs as the owner. Application processes switch to the role
-named by XENTREE_DATABASE_ROLE on connect (`-c role=...`), which holds SELECT and INSERT
-on history and ordinary DML on everything derived. Writers are serialised with
-`LOCK TABLE ... IN EXCLUSIVE MODE`, which PostgreSQL grants only to holders of UPDATE,
-DELETE or TRUNCATE; the role appends through `xentree_append` (adapters/eventstore/
-append.py), a SECURITY DEFINER function that takes the lock and can do nothing but append.
+named by XENTREE_DATABASE_ROLE on connect (`-c role=...`), which may only SELECT history
+and ordinary DML on everything derived. It appends through `xentree_append`
+(adapters/eventstore/append.py), a SECURITY DEFINER function that can do nothing but
+append: it takes the `LOCK TABLE ... IN EXCLUSIVE MODE` that serialises writers (which
+PostgreSQL grants only to holders of UPDATE, DELETE or TRUNCATE) and chains every event.
 """
 
 from __future__ import annotations
@@ -98,8 +98,10 @@ def _grant(conn: psycopg.Connection[Any], role: str) -> None:
         ).format(schema, ident)
     )
     for table in HISTORY_TABLES:
+        # Not even INSERT: the role appends only through xentree_append, which chains
+        # every event; a row of its own (say, a forged link) is impossible.
         conn.execute(
-            sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(
+            sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(
                 sql.Identifier(table), ident
             )
         )

@@ -11,7 +11,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from adapters.http.api_keys import ApiKeyController
-from adapters.http.audit import AuditController, EventSchemaController
+from adapters.http.audit import (
+    AuditController,
+    EventSchemaController,
+    PublishedSchemaController,
+)
 from adapters.http.commands import remember_writes
 from adapters.http.demo import DemoController
 from adapters.http.health import HealthController
@@ -45,7 +49,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         route_handlers=[SessionController, QuotaController, ApiKeyController, HealthController,
                         IntegrationController,
                         ProfileController, TranscriptController,
-                        AuditController, EventSchemaController, DemoController],
+                        AuditController, EventSchemaController, PublishedSchemaController,
+                        DemoController],
         lifespan=[lifespan],
         before_request=refuse_while_database_down,
         middleware=[request_id_middleware],

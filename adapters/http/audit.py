@@ -1,5 +1,6 @@
 """The audit API: the stored history as CloudEvents (paginated by position), a user's read
-models replayed at an instant, and the JSON Schema of every event type.
+models replayed at an instant, and the JSON Schema of every event type (public, at
+/schema/events/ beside the OpenAPI document and at /api/events/schema).
 
 Audit reads need `audit:read` and are bounded to the caller's tenant, except for callers of
 the configured platform tenant (XENTREE_AUDIT_PLATFORM_TENANT), who may read every tenant.
@@ -26,6 +27,7 @@ from adapters.http.schemas import READ_PROBLEMS
 from adapters.http.services import Services
 from adapters.relay.envelope import Envelope
 from application.principal import Principal
+from domain.errors import NotFound
 
 MAX_PAGE = 1000
 schemas = functools.cache(event_schemas.schemas)
@@ -40,6 +42,15 @@ class AuditPage(msgspec.Struct):
     next_after: int
     head: int
     more: bool
+
+
+def _bounds(since: datetime | None, until: datetime | None) -> None:
+    """Instants, not wall-clock readings of some unknown zone, and in order."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise BadRequest(f"{name} must be an instant with a UTC offset, e.g. ...Z")
+    if since is not None and until is not None and since > until:
+        raise BadRequest("since is later than until: no event could be in between")
 
 
 def _tenant(principal: Principal, services: Services, wanted: str | None) -> str | None:
@@ -74,6 +85,7 @@ class AuditController(Controller):
     ) -> AuditPage:
         services = services_of(request)
         principal = authenticate(request, services, AUDIT_READ)
+        _bounds(since, until)
         selection = Selection(
             tenant=_tenant(principal, services, tenant), user=user, since=since, until=until
         )
@@ -103,8 +115,7 @@ class AuditController(Controller):
         services = services_of(request)
         principal = authenticate(request, services, AUDIT_READ)
         owner = _tenant(principal, services, tenant) or principal.tenant_id
-        if until.tzinfo is None:
-            raise BadRequest("until must be an instant with a UTC offset, e.g. ...Z")
+        _bounds(None, until)
 
         def read() -> bytes:
             with services.read() as conn:
@@ -113,6 +124,14 @@ class AuditController(Controller):
                 )
 
         return Response(await in_thread(read), media_type="application/json")
+
+
+def _event_schema(event_type: str) -> dict[str, Any]:
+    # Also by the file name of docs/events/ (`<type>.json`).
+    found = schemas().get(event_type.removesuffix(".json"))
+    if found is None:
+        raise NotFound(f"event type {event_type!r}")
+    return found
 
 
 class EventSchemaController(Controller):
@@ -130,7 +149,26 @@ class EventSchemaController(Controller):
         summary="JSON Schema of one event type, e.g. xentree.live.LiveSession.Started",
     )
     async def one_schema(self, event_type: str) -> dict[str, Any]:
-        found = schemas().get(event_type)
-        if found is None:
-            raise BadRequest(f"no event type {event_type!r}", status=404)
-        return found
+        return _event_schema(event_type)
+
+
+class PublishedSchemaController(Controller):
+    """The same schemas beside the OpenAPI document (/schema), where the published ones
+    are looked for; this path wins over the OpenAPI router's catch-all below /schema."""
+
+    path = "/schema/events"
+    tags = ["events"]
+
+    @get("/", operation_id="listPublishedEventSchemas",
+         summary="JSON Schema of every event type (as /api/events/schema)")
+    async def all_schemas(self) -> dict[str, Any]:
+        return schemas()
+
+    @get(
+        "/{event_type:str}",
+        operation_id="getPublishedEventSchema",
+        responses=READ_PROBLEMS,
+        summary="JSON Schema of one event type, e.g. xentree.live.LiveSession.Started[.json]",
+    )
+    async def one_schema(self, event_type: str) -> dict[str, Any]:
+        return _event_schema(event_type)

@@ -55,7 +55,7 @@ def test_plan_assign_refuses_out_of_range_seconds_and_changes_nothing(stack: Sta
     [
         (("--tenant", "", "--user", "u1"), "--tenant"),
         (("--tenant", "t1", "--user", "u1", "--scope", ""), "scope"),
-        (("--tenant", "t1", "--user", "u1", "--scope", "audit:read"), "scope"),
+        (("--tenant", "t1", "--user", "u1", "--scope", "integration:manage"), "scope"),
         (("--tenant", "t1", "--user", "u1", "--name", "x\x07"), "name"),
         (("--tenant", "t1", "--user", "u1", "--name", "n" * 101), "name"),
     ],

@@ -80,6 +80,15 @@ def test_the_application_connects_as_a_role_that_cannot_change_history(
         # Nor can it lift the triggers.
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("ALTER TABLE xentree_live_events DISABLE TRIGGER USER")
+        # Nor write a row of its own: it appends only through the function that chains.
+        for forged in (
+            "INSERT INTO event_chain (position, hash) VALUES (10000000, '\\x00')",
+            "INSERT INTO xentree_live_events (originator_id, originator_version, topic, "
+            "state) VALUES (gen_random_uuid(), 1, 'x', '\\x7b7d')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                conn.execute(forged)
+    one_session(app, principal(), Clock(), 5)  # and appending still works
 
 
 def test_triggers_refuse_changes_even_for_the_owner(
@@ -190,6 +199,10 @@ def test_verify_names_the_first_broken_position(
     expected = broken if broken is not None else int(top[0]) + 1
     assert f"broken at position {expected}:" in done.stderr
     assert reason in done.stderr
+    # The verdict is the result either way: the last line of stdout.
+    verdict = done.stdout.strip().splitlines()[-1]
+    assert verdict.startswith(f"hash chain broken at position {expected}:")
+    assert f"intact up to position {expected - 1} head " in verdict
 
 
 def test_signed_digest_proves_history_unchanged_later(

@@ -68,12 +68,20 @@ def caught_up(url: str) -> bool:
 
 
 def check(url: str, state: Path, *names: str) -> tuple[int, dict[str, dict[str, Any]], str]:
+    """The exit status, one report per projection, and stderr; the verdict (equal or
+    which differ) is always the last line of stdout."""
     done = cli(url, state, "projections", "rebuild", "--check", *names)
-    lines = done.stdout.strip().splitlines()
+    *lines, verdict = done.stdout.strip().splitlines()
     reports = {}
-    for line in lines[:-1]:
+    for line in lines:
         report = msgspec.json.decode(line)
         reports[report["projection"]] = report
+    bad = [name for name, report in reports.items() if not report["ok"]]
+    assert verdict == (
+        f"rebuilt rows differ from the live ones: {', '.join(bad)}"
+        if bad
+        else f"rebuilt rows equal the live ones: {', '.join(reports)}"
+    )
     return done.returncode, reports, done.stderr
 
 
@@ -101,9 +109,22 @@ def test_rebuild_check_equal_then_different_then_repaired(
         )
     status, reports, err = check(url, tmp_path)
     assert status != 0 and "quota" in err
+    assert set(reports) == set(PROJECTIONS)
     assert not reports["quota"]["ok"] and reports["quota"]["differences"] == 1
     assert reports["quota"]["live_digest"] != reports["quota"]["digest"] == quota_digest
     assert all(r["ok"] for n, r in reports.items() if n != "quota")
+
+    with psycopg.connect(url, autocommit=True) as conn:  # a projected row lost by hand
+        conn.execute(
+            "DELETE FROM rm_sessions WHERE session_id = "
+            "(SELECT session_id FROM rm_sessions ORDER BY session_id LIMIT 1)"
+        )
+    status, reports, err = check(url, tmp_path, "sessions", "profile")
+    assert status != 0 and "sessions" in err
+    assert set(reports) == {"sessions", "profile"} and reports["profile"]["ok"]
+    (missing,) = reports["sessions"]["first_differences"]
+    assert missing.endswith("missing from the live table")
+    assert reports["sessions"]["live_rows"] == reports["sessions"]["rows"] - 1
 
     # Rebuild and switch while the projectors keep running and new events arrive.
     writes = threading.Thread(target=workload, args=(app,))

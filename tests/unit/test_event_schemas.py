@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 
-from adapters.audit.event_schemas import render, schemas, unversioned_changes
+from adapters.audit.event_schemas import (
+    UnversionedChange,
+    published,
+    render,
+    schemas,
+    unversioned_changes,
+    write,
+)
 from adapters.eventstore.chain import GENESIS, event_digest, link, walk
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events"
@@ -47,6 +55,36 @@ def test_the_version_check_catches_a_change_without_a_bump() -> None:
     lowered = unversioned_changes({"t": billed}, {"t": {**billed, "x-class-version": 1}})
     assert "went down" in lowered[0]
     assert unversioned_changes({"t": billed}, {"t": billed}) == []
+
+
+def test_regenerating_refuses_a_changed_shape_without_a_bump(tmp_path: Path) -> None:
+    """`audit schemas --write` over schemas published before: a shape published under the
+    code's version must be the code's shape, else nothing is written."""
+    write(tmp_path)
+    assert published(tmp_path) == schemas()
+    billed = tmp_path / "xentree.live.LiveSession.Billed.json"
+    before = msgspec.json.decode(billed.read_bytes())
+    assert before["x-class-version"] == 2
+    # As if v2 had been published without `at`, and the code had added it since.
+    before["$defs"]["LiveSessionBilled"]["required"].remove("at")
+    del before["$defs"]["LiveSessionBilled"]["properties"]["at"]
+    billed.write_bytes(render(before))
+    stale = tmp_path / "xentree.live.Gone.Away.json"
+    stale.write_bytes(b"{}")
+    with pytest.raises(UnversionedChange, match="class_version is still 2"):
+        write(tmp_path)
+    assert msgspec.json.decode(billed.read_bytes()) == before and stale.exists()
+    # Published as v1, the same change is what a bump to v2 made: it is written.
+    billed.write_bytes(render({**before, "x-class-version": 1}))
+    write(tmp_path)
+    assert billed.read_bytes() == render(schemas()["xentree.live.LiveSession.Billed"])
+    assert not stale.exists()
+
+
+def test_regenerating_refuses_a_published_file_that_is_no_json(tmp_path: Path) -> None:
+    (tmp_path / "xentree.live.LiveSession.Billed.json").write_bytes(b"{not json")
+    with pytest.raises(ValueError, match="is not a JSON Schema"):
+        write(tmp_path)
 
 
 def test_every_aggregate_event_has_a_schema_without_secrets() -> None:
