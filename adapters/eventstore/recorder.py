@@ -43,6 +43,12 @@ KEY_REVOKED = f"{get_topic(ApiKey)}.Revoked"
 
 _state_decoder = msgspec.json.Decoder()
 
+# The unrevoked key with this hash (API-key authentication reads it on every request).
+API_KEY_OWNER = (
+    "SELECT key_id, tenant_id, user_id, scopes FROM api_keys "
+    "WHERE key_hash = %s AND revoked_at IS NULL"
+)
+
 
 def _datetime(encoded: Any) -> datetime:
     # eventsourcing's JSON transcoder writes datetimes as {"_type_": ..., "_data_": iso}.
@@ -183,11 +189,7 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
     def api_key_owner(self, key_hash: str) -> tuple[str, str, str, str] | None:
         """(key_id, tenant_id, user_id, scopes) of the unrevoked key with this hash."""
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(
-                "SELECT key_id, tenant_id, user_id, scopes FROM api_keys "
-                "WHERE key_hash = %s AND revoked_at IS NULL",
-                (key_hash,),
-            )
+            curs.execute(API_KEY_OWNER, (key_hash,))
             row = curs.fetchone()
         if row is None:
             return None

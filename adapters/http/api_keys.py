@@ -38,7 +38,7 @@ class ApiKeyController(Controller):
         self, request: Request[Any, Any, Any], data: CreateKey
     ) -> Response[ApiKeyIssued]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_WRITE, BEARER_ONLY)
+        principal = await authenticate(request, services, LIVE_WRITE, BEARER_ONLY)
         scopes = frozenset(data.scopes)
         check_key_request(scopes, principal.scopes, data.name)
         idem = await idempotency(request, principal)
@@ -63,7 +63,7 @@ class ApiKeyController(Controller):
     @get("/", operation_id="listApiKeys", responses=KEY_PROBLEMS)
     async def list_keys(self, request: Request[Any, Any, Any]) -> KeyList:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_READ, BEARER_ONLY)
+        principal = await authenticate(request, services, LIVE_READ, BEARER_ONLY)
         rows = await in_thread(
             lambda: services.recorder.api_keys_of(principal.tenant_id, principal.user_id)
         )
@@ -85,7 +85,7 @@ class ApiKeyController(Controller):
     )
     async def revoke(self, request: Request[Any, Any, Any], key_id: str) -> Response[ApiKeyInfo]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_WRITE, BEARER_ONLY)
+        principal = await authenticate(request, services, LIVE_WRITE, BEARER_ONLY)
         answer = await in_thread(
             lambda: services.live.revoke_api_key(principal, key_id, services.now)
         )

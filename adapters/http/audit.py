@@ -84,7 +84,7 @@ class AuditController(Controller):
         until: datetime | None = None,
     ) -> AuditPage:
         services = services_of(request)
-        principal = authenticate(request, services, AUDIT_READ)
+        principal = await authenticate(request, services, AUDIT_READ)
         _bounds(since, until)
         selection = Selection(
             tenant=_tenant(principal, services, tenant), user=user, since=since, until=until
@@ -113,7 +113,7 @@ class AuditController(Controller):
         tenant: Annotated[str | None, Parameter(max_length=200)] = None,
     ) -> Response[bytes]:
         services = services_of(request)
-        principal = authenticate(request, services, AUDIT_READ)
+        principal = await authenticate(request, services, AUDIT_READ)
         owner = _tenant(principal, services, tenant) or principal.tenant_id
         _bounds(None, until)
 

@@ -15,6 +15,7 @@ from adapters.auth.errors import (
     MissingCredentials,
 )
 from adapters.auth.scopes import parse_scope
+from adapters.eventstore.recorder import API_KEY_OWNER
 from adapters.http.services import Services
 from adapters.integration.tokens import is_integration_token
 from application.principal import CredentialKind, Principal
@@ -28,13 +29,15 @@ NOT_API_KEY: tuple[CredentialKind, ...] = ("bearer", "integration", "service")
 BEARER_ONLY: tuple[CredentialKind, ...] = ("bearer",)
 
 
-def authenticate(
+async def authenticate(
     request: Request[Any, Any, Any],
     services: Services,
     scope: str,
     accept: Collection[CredentialKind] = ALL,
 ) -> Principal:
-    principal = _identify(request, services)
+    """The caller, if their credential is valid and holds `scope` (reads of the database
+    that a credential needs run on the event loop, never blocking it)."""
+    principal = await _identify(request, services)
     if principal.credential not in accept:
         raise CredentialNotAccepted(principal.credential)
     if not principal.has_scope(scope):
@@ -43,7 +46,7 @@ def authenticate(
     return principal
 
 
-def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
+async def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
     headers = request.headers
     authorization = headers.get("authorization")
     if authorization is not None:
@@ -59,11 +62,11 @@ def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
         # Both kinds are JWTs; the header's typ says which verifier may judge it, and each
         # refuses the other's typ, so neither can be passed off as the other.
         if is_integration_token(token):
-            return services.integration_tokens.authenticate(token)
+            return await services.integration_tokens.authenticate_async(token)
         return services.bearer.verify(token)
     api_key = headers.get("x-api-key")
     if api_key is not None:
-        return _api_key(api_key.strip(), services)
+        return await _api_key(api_key.strip(), services)
     service_key = headers.get("x-service-key")
     if service_key is not None:
         return services.service_keys.authenticate(
@@ -72,14 +75,18 @@ def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
     raise MissingCredentials()
 
 
-def _api_key(key: str, services: Services) -> Principal:
+async def _api_key(key: str, services: Services) -> Principal:
     # The checksum refuses typos and junk without a database read.
     if not has_valid_shape(key):
         raise AuthenticationError("invalid API key")
-    found = services.recorder.api_key_owner(hash_api_key(key, services.pepper))
+    async with services.aread() as conn:
+        cur = await conn.execute(API_KEY_OWNER, (hash_api_key(key, services.pepper),))
+        found = await cur.fetchone()
     if found is None:
         raise AuthenticationError("invalid API key")
-    key_id, tenant_id, user_id, scopes = found
+    key_id, tenant_id, user_id, scopes = (
+        found["key_id"], found["tenant_id"], found["user_id"], found["scopes"]
+    )
     return Principal(
         tenant_id=tenant_id,
         user_id=user_id,

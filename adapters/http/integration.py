@@ -146,7 +146,7 @@ def _counted(endpoint: str, scope: str) -> Callable[[Request[Any, Any, Any]], Aw
         # This hook replaces the app's, which refuses at once while the database is down.
         services.check_database()
         try:
-            principal = authenticate(request, services, scope, BEARER_ONLY)
+            principal = await authenticate(request, services, scope, BEARER_ONLY)
         except (AuthenticationError, InsufficientScope, CredentialNotAccepted):
             # Counted, for the headers, but never refused for it: a 401 or 403 tells the
             # caller more than a 429 would.
@@ -266,7 +266,7 @@ class IntegrationController(Controller):
         self, request: Request[Any, Any, Any], data: RevokeRequest
     ) -> Response[TokenRevoked]:
         services = services_of(request)
-        principal = authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
+        principal = await authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
         if (data.token is None) == (data.jti is None):
             raise InvalidValue("token", "give exactly one of token and jti")
         idem = await idempotency(request, principal)
@@ -298,7 +298,7 @@ class IntegrationController(Controller):
         self, request: Request[Any, Any, Any], data: RevokeAllRequest
     ) -> Response[AllTokensRevoked]:
         services = services_of(request)
-        principal = authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
+        principal = await authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
         data = await strict(request, RevokeAllRequest)
         if data.issued_before.tzinfo is None:
             raise InvalidValue("issued_before", "must be an RFC 3339 time with an offset")
@@ -320,7 +320,7 @@ class IntegrationController(Controller):
     )
     async def rotate_key(self, request: Request[Any, Any, Any]) -> Response[SigningKeyRotated]:
         services = services_of(request)
-        principal = authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
+        principal = await authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.rotate_signing_key(principal, services.now, idem)

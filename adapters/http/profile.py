@@ -39,7 +39,7 @@ class ProfileController(Controller):
     @get("/", operation_id="getProfile", responses=READ_PROBLEMS, summary="The caller's profile")
     async def profile(self, request: Request[Any, Any, Any]) -> ProfileView:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_READ)
+        principal = await authenticate(request, services, LIVE_READ)
         wanted = min_position(request)
 
         def read() -> ProfileView:
@@ -68,7 +68,7 @@ class ProfileController(Controller):
         self, request: Request[Any, Any, Any], data: NicknameRequest
     ) -> Response[Profile]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_WRITE)
+        principal = await authenticate(request, services, LIVE_WRITE)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.set_nickname(principal, data.nickname, idem)

@@ -41,7 +41,7 @@ class QuotaController(Controller):
     @get("/", operation_id="getQuota", responses=READ_PROBLEMS, summary="The caller's quota")
     async def quota(self, request: Request[Any, Any, Any]) -> QuotaView:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_READ)
+        principal = await authenticate(request, services, LIVE_READ)
         wanted = min_position(request)
 
         start, end = period_bounds(services.now())

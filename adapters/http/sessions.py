@@ -101,7 +101,7 @@ class SessionController(Controller):
         self, request: Request[Any, Any, Any], data: StartRequest
     ) -> Response[SessionStarted]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_WRITE)
+        principal = await authenticate(request, services, LIVE_WRITE)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.start_session(
@@ -123,7 +123,7 @@ class SessionController(Controller):
         self, request: Request[Any, Any, Any], data: SessionRef
     ) -> Response[HeartbeatAccepted]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_WRITE)
+        principal = await authenticate(request, services, LIVE_WRITE)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.heartbeat(principal, data.session_id, services.now, idem)
@@ -141,7 +141,7 @@ class SessionController(Controller):
         self, request: Request[Any, Any, Any], data: EndRequest
     ) -> Response[SessionEnded]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_WRITE)
+        principal = await authenticate(request, services, LIVE_WRITE)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.end_session(
@@ -163,7 +163,7 @@ class SessionController(Controller):
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
     ) -> SessionPage:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_READ)
+        principal = await authenticate(request, services, LIVE_READ)
         before = _decode_cursor(cursor) if cursor else None
         mark = await services.read_mark("sessions", min_position(request))
         async with services.aread() as conn:
@@ -186,7 +186,7 @@ class SessionController(Controller):
     )
     async def get_session(self, request: Request[Any, Any, Any], session_id: str) -> SessionView:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_READ)
+        principal = await authenticate(request, services, LIVE_READ)
         await services.read_mark("sessions", min_position(request))
         async with services.aread() as conn:
             row = await afetch_one(

@@ -149,7 +149,7 @@ class TranscriptController(Controller):
         self, request: Request[Any, Any, Any], data: TranscriptIn
     ) -> Response[TranscriptStored]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_WRITE, NOT_API_KEY)
+        principal = await authenticate(request, services, LIVE_WRITE, NOT_API_KEY)
         data = await strict(request, TranscriptIn)
         idem = await idempotency(request, principal)
         entries = [
@@ -185,7 +185,7 @@ class TranscriptController(Controller):
         cursor_: Annotated[str | None, Parameter(query="cursor", max_length=300)] = None,
     ) -> TranscriptPage:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_READ)
+        principal = await authenticate(request, services, LIVE_READ)
         since_at = _query_time(since, "since")
         until_at = _query_time(until, "until")
         session_filter = _session_filter(session_id)
@@ -233,7 +233,7 @@ class TranscriptController(Controller):
         self, request: Request[Any, Any, Any], transcript_id: str
     ) -> Response[Any]:
         services = services_of(request)
-        principal = authenticate(request, services, LIVE_READ)
+        principal = await authenticate(request, services, LIVE_READ)
         wanted = min_position(request)
 
         def read() -> bytes:
