@@ -133,6 +133,7 @@ class LiveApplication(
                         return self._replay_or_raise(idem)
                     return Answer(status, body, position)
                 recordings = self.save(*aggregates, idempotency=record)
+                self._cache_saved(aggregates)
             except RecordConflictError:
                 if idem is not None and replay(self.idempotency, idem) is not None:
                     return self._replay_or_raise(idem)
@@ -140,6 +141,14 @@ class LiveApplication(
                 continue
             return Answer(status, body, max(r.notification.id for r in recordings))
         raise RuntimeError("too much contention on one user's quota; retry")
+
+    def _cache_saved(self, aggregates: Sequence[Aggregate]) -> None:
+        """Saved aggregates are the freshest state there is: cache copies, so the next
+        command on them (the end of a session just started) starts from the cache."""
+        cache = self.repository.cache
+        if cache is not None:
+            for aggregate in aggregates:
+                cache.put(aggregate.id, deepcopy(aggregate))
 
     def _replay_or_raise(self, idem: IdempotencyRequest | None) -> Answer:
         stored = replay(self.idempotency, idem)
