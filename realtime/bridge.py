@@ -9,10 +9,12 @@ exactly to the limit and ends the session), on `session.end`, when the client dr
 the application's notification log subscription (PostgreSQL LISTEN/NOTIFY).
 
 Completed transcript lines are appended to the session's transcript as they complete, in
-order, by a writer task per socket; at the end the transcript is finalised, with a turn
-cut off by the end kept and marked `interrupted`.
+order, by a writer task per socket, and a line's `transcript.completed` goes out once it is
+stored: whatever a client saw completed survives a crash of the bridge. At the end the
+transcript is finalised, with a turn cut off by the end kept and marked `interrupted`.
 
-Blocking application calls run in a thread pool; nothing here blocks the event loop.
+Blocking application calls run in a thread pool; nothing here blocks the event loop. A
+database blip does not end a session: heartbeats and line appends are tried again.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from domain.errors import (
     SessionNotActive,
 )
 from domain.session import LiveSession
-from domain.transcript import RawEntry, check_entry, format_timestamp
+from domain.transcript import MAX_TEXT, RawEntry, check_entry, format_timestamp
 from realtime.deadline import next_step, seconds_left
 from realtime.engine import (
     EngineAvatarState,
@@ -93,6 +95,14 @@ T = TypeVar("T")
 SESSION_ENDED_TOPIC = f"{get_topic(LiveSession)}.Ended"
 START_TIMEOUT_SECONDS = 30.0
 RESUBSCRIBE_SECONDS = 1.0
+# How long an upstream that stopped reading gets to take its close frame before it is cut.
+UPSTREAM_CLOSE_SECONDS = 2.0
+# How long a client that stopped reading gets to drain what was sent (and so learn the
+# close code) before it is cut; memory stays bounded meanwhile: nothing more is queued.
+SLOW_CONSUMER_GRACE_SECONDS = 20.0
+# Waits between attempts to store a completed line while the database is unreachable.
+LINE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+DEADLINE_RETRY_SECONDS = 0.5  # after a failed heartbeat at the deadline
 _engine_encoder = msgspec.json.Encoder()
 
 
@@ -163,6 +173,13 @@ class EndWatcher:
             callback()
 
 
+def stored_lines(line: RawEntry) -> list[RawEntry]:
+    """A completed line as transcript entries: itself, or, when an engine said more than one
+    entry holds, consecutive pieces of it; nothing for a line of only whitespace."""
+    pieces = (line.text[i : i + MAX_TEXT] for i in range(0, len(line.text), MAX_TEXT))
+    return [msgspec.structs.replace(line, text=piece) for piece in pieces if piece.strip()]
+
+
 class _Close:
     __slots__ = ("code", "reason")
 
@@ -230,7 +247,10 @@ class Connection:
         self.deadline_moved = asyncio.Event()
         self.warned = False
         self.upstream: ClientConnection | None = None
-        self.lines: asyncio.Queue[RawEntry | None] = asyncio.Queue()
+        # Completed lines for the writer, each with the future it sets once it is stored.
+        self.lines: asyncio.Queue[tuple[RawEntry, asyncio.Future[None]] | None] = (
+            asyncio.Queue()
+        )
         self.last_line_at: datetime | None = None
         self.partial: dict[str, tuple[str, str]] = {}  # item_id → (role, text so far)
         self.tasks: list[asyncio.Task[None]] = []
@@ -243,6 +263,7 @@ class Connection:
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
+        drop = asyncio.create_task(self._notice_drop())
         start_timer = asyncio.get_running_loop().call_later(
             START_TIMEOUT_SECONDS, self._start_timeout
         )
@@ -250,17 +271,23 @@ class Connection:
             await self._read_loop()
         finally:
             start_timer.cancel()
-            dropped_at = self.deps.now()
-            if self.session is not None and self.finishing is None:
-                self._finish("client_disconnected", at=dropped_at)
+            self._finish("client_disconnected", at=self.deps.now())
             if self.finishing is not None:
                 await asyncio.shield(self.finishing)
             for task in self.tasks:
                 task.cancel()
             await self._close_upstream()
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            for task in (sender, drop):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _notice_drop(self) -> None:
+        """End the session when the connection is lost, at that moment, even while the
+        read loop waits on the upstream's flow control: a client that is gone is not billed
+        on until the upstream reads again."""
+        await self.ws.wait_closed()
+        self._finish("client_disconnected", at=self.deps.now())
 
     async def _read_loop(self) -> None:
         try:
@@ -316,6 +343,10 @@ class Connection:
         self.starting = True
         try:
             await self._start_session(event)
+        except Exception:
+            log.exception("session.start failed")
+            self._error("internal_error", "the session could not be started", event.event_id)
+            self._close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self.starting = False
 
@@ -333,6 +364,7 @@ class Connection:
                 open_timeout=5,
                 max_size=4 * bridge.settings.realtime_max_frame_bytes,
                 max_queue=16,
+                close_timeout=UPSTREAM_CLOSE_SECONDS,
             )
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             log.warning("upstream %s unreachable: %s", bridge.settings.engine_url, exc)
@@ -344,11 +376,11 @@ class Connection:
                 app.start_session, principal, event.session_type, self.deps.now
             )
         except (QuotaExceeded, SessionAlreadyActive, InvalidValue) as exc:
-            await upstream.close()
+            await _close_upstream_connection(upstream)
             self._start_refused(exc, event.event_id)
             return
         except BaseException:
-            await upstream.close()
+            await _close_upstream_connection(upstream)
             raise
         started = msgspec.json.decode(answer.body, type=SessionStarted)
         self.upstream = upstream
@@ -381,6 +413,9 @@ class Connection:
             await bridge.call(self.deps.authenticate, self.token)
         ) is None:
             await bridge.call(app.end_for, self.session_uuid, "token_revoked", self.deps.now)
+            # Ended by this call or by the revoke itself, whose notice may have come before
+            # this socket watched the session.
+            self._ended_elsewhere()
 
     def _start_refused(self, exc: DomainError, reply_to: str | None) -> None:
         if isinstance(exc, QuotaExceeded):
@@ -408,11 +443,16 @@ class Connection:
         except InvalidValue as exc:
             self._error("invalid_event", f"{exc.field}: {exc.reason}", event.event_id)
             return
-        await self._to_upstream(_engine_encoder.encode(EngineInputText(text=event.text)).decode())
+        said = EngineInputText(text=event.text, event_id=event.event_id)
+        await self._to_upstream(_engine_encoder.encode(said).decode())
 
     async def _audio(self, pcm: bytes, reply_to: str | None) -> None:
         if self.session is None or self.finishing is not None:
             self._error("no_session", "send session.start first", reply_to)
+            return
+        if not pcm:
+            # An empty frame would end an utterance of no audio: a turn nobody said.
+            self._error("invalid_event", "audio is empty", reply_to)
             return
         if len(pcm) % 2:
             self._error("invalid_event", "PCM16 audio has an even number of bytes", reply_to)
@@ -437,7 +477,7 @@ class Connection:
                 if isinstance(message, bytes):
                     self._relay_audio(message)
                 else:
-                    self._relay_event(message)
+                    await self._relay_event(message)
         except ConnectionClosed:
             pass
         if self.finishing is None:
@@ -451,7 +491,7 @@ class Connection:
             return
         self._send_raw(encode_audio(AudioHeader(event_id=self.ids(), item_id=header.item_id), pcm))
 
-    def _relay_event(self, message: str) -> None:
+    async def _relay_event(self, message: str) -> None:
         try:
             event = engine_event_decoder.decode(message)
         except msgspec.DecodeError:
@@ -471,14 +511,16 @@ class Connection:
         elif isinstance(event, EngineCompleted):
             self.partial.pop(event.item_id, None)
             at = self._line_time()
+            stored = asyncio.get_running_loop().create_future()
+            line = RawEntry(role=event.role, text=event.text, timestamp=format_timestamp(at))
+            self.lines.put_nowait((line, stored))
+            # The upstream waits meanwhile (a few ms), so events keep their order.
+            await stored
             self._send(
                 TranscriptCompleted(
-                    event_id=self.ids(), item_id=event.item_id, role=event.role,
-                    text=event.text, timestamp=at,
+                    event_id=self.ids(), reply_to=event.reply_to, item_id=event.item_id,
+                    role=event.role, text=event.text, timestamp=at,
                 )
-            )
-            self.lines.put_nowait(
-                RawEntry(role=event.role, text=event.text, timestamp=format_timestamp(at))
             )
 
     def _line_time(self) -> datetime:
@@ -491,14 +533,32 @@ class Connection:
 
     async def _write_lines(self) -> None:
         """Appends each completed line, in order, as it completes."""
+        while (item := await self.lines.get()) is not None:
+            line, stored = item
+            await self._append_line(line)
+            if not stored.done():  # its waiter may be gone with the session's end
+                stored.set_result(None)
+
+    async def _append_line(self, line: RawEntry) -> None:
         assert self.session_uuid is not None
-        while (line := await self.lines.get()) is not None:
+        entries = stored_lines(line)
+        for wait in (*LINE_RETRY_SECONDS, None):
+            if not entries:
+                return
             try:
                 await self.bridge.call(
-                    self.deps.app.append_lines, self.session_uuid, [line], self.deps.now
+                    self.deps.app.append_lines, self.session_uuid, entries, self.deps.now
                 )
+                return
             except DomainError as exc:
                 log.warning("transcript line of %s refused: %s", self.session_uuid, exc)
+                return
+            except Exception:
+                if wait is None:
+                    log.exception("transcript line of %s lost", self.session_uuid)
+                    return
+                log.warning("storing a line of %s failed; retrying", self.session_uuid)
+                await asyncio.sleep(wait)
 
     # ---- metering -------------------------------------------------------------------------
 
@@ -507,7 +567,12 @@ class Connection:
         interval = self.session.heartbeat_interval_seconds
         while self.finishing is None:
             await asyncio.sleep(interval)
-            beat = await self._heartbeat(None)
+            try:
+                beat = await self._heartbeat(None)
+            except Exception:
+                # The next beat bills this gap too (the idle timeout bounds how long).
+                log.exception("heartbeat of %s failed", self.session.session_id)
+                continue
             if beat is not None:
                 self._send(self._quota_updated(beat, None))
 
@@ -515,12 +580,16 @@ class Connection:
         """A client's heartbeat runs beside the read loop (which must keep reading to
         apply the flood limit); heartbeats arriving while one runs share its answer."""
         if self.beat is None or self.beat.done():
-            self.beat = asyncio.create_task(self._heartbeat(None))
+            self.beat = asyncio.create_task(self._heartbeat(reply_to))
         self.beat.add_done_callback(lambda beat: self._answer_beat(beat, reply_to))
 
     def _answer_beat(self, beat: asyncio.Task[HeartbeatAccepted | None], reply_to: str | None
                      ) -> None:
-        if beat.cancelled() or beat.exception() is not None:
+        if beat.cancelled():
+            return
+        if beat.exception() is not None:
+            log.warning("a client heartbeat of %s failed: %s", self.session_uuid,
+                        beat.exception())
             return
         answer = beat.result()
         if answer is not None:
@@ -537,7 +606,7 @@ class Connection:
 
     async def _heartbeat(self, reply_to: str | None) -> HeartbeatAccepted | None:
         """Bill now; the answer, or None once the session has ended (which it then
-        finishes). Sends quota.updated itself only for the server's own heartbeats."""
+        finishes, naming `reply_to`). The callers send quota.updated."""
         if self.session is None or self.finishing is not None:
             return None
         try:
@@ -569,7 +638,11 @@ class Connection:
                     )
                 )
             elif action == "end":
-                await self._heartbeat(None)
+                try:
+                    await self._heartbeat(None)
+                except Exception:
+                    log.exception("heartbeat at the deadline of %s failed", self.session_uuid)
+                    await asyncio.sleep(DEADLINE_RETRY_SECONDS)
                 # Not ended (this clock ran a hair early): ask again shortly.
                 await asyncio.sleep(0.05)
             else:
@@ -635,11 +708,15 @@ class Connection:
         self.lines.put_nowait(None)
         if self.writer is not None:
             await self.writer
-        cut_off = None
+        cut_off: RawEntry | None = None
         for role, text in self.partial.values():
             if text.strip():
                 at = format_timestamp(self._line_time())
                 cut_off = RawEntry(role=role, text=text, timestamp=at, interrupted=True)
+        if cut_off is not None and len(cut_off.text) > MAX_TEXT:
+            *head, cut_off = stored_lines(cut_off)
+            for piece in head:
+                await self._append_line(piece)
         try:
             await self.bridge.call(
                 self.deps.app.finalise_transcript, self.session_uuid, reason, self.deps.now,
@@ -647,12 +724,13 @@ class Connection:
             )
         except DomainError as exc:
             log.warning("transcript of %s not finalised: %s", self.session_uuid, exc)
+        except Exception:
+            log.exception("finalising the transcript of %s failed", self.session_uuid)
 
     async def _close_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(upstream.close(), 2)
+            await _close_upstream_connection(upstream)
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -683,13 +761,20 @@ class Connection:
         self.closing = True
 
     def _abandon(self, code: int, reason: str) -> None:
+        log.warning("closing a client that does not read (%s): %s", code, reason)
         self.closing = True
+        while not self.out.empty():  # never to be sent: let it go
+            self.out.get_nowait()
         self.closer = asyncio.create_task(self._close_now(code, reason))
-        if self.session is not None:
-            self._finish("client_disconnected")
+        self._finish("client_disconnected")
 
     async def _close_now(self, code: int, reason: str) -> None:
-        await self.ws.close(code, reason)
+        """The close frame waits behind what the client has not read yet: it learns the
+        code if it reads within the grace, and is cut off otherwise."""
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), SLOW_CONSUMER_GRACE_SECONDS)
+        except TimeoutError:
+            self.ws.transport.abort()
 
     async def _send_loop(self) -> None:
         try:
@@ -701,3 +786,11 @@ class Connection:
                 await self.ws.send(item)
         except ConnectionClosed:
             pass
+
+
+async def _close_upstream_connection(upstream: ClientConnection) -> None:
+    """Close an upstream connection; one that stopped reading is cut off after a while."""
+    try:
+        await asyncio.wait_for(upstream.close(), UPSTREAM_CLOSE_SECONDS)
+    except Exception:
+        upstream.transport.abort()

@@ -3,12 +3,13 @@ a deterministic AI turn, so the whole realtime path runs with no outside service
 
 Its protocol (what the bridge speaks to any upstream):
 
-- bridge → engine: `{"type": "input_text", "text"}` text frames, and binary frames of
-  PCM16 mono 16 kHz audio. Audio is one utterance once no frame came for UTTERANCE_GAP
-  seconds; it is "transcribed" by its length.
+- bridge → engine: `{"type": "input_text", "text", "event_id"?}` text frames, and binary
+  frames of PCM16 mono 16 kHz audio. Audio is one utterance once no frame came for
+  UTTERANCE_GAP seconds; it is "transcribed" by its length.
 - engine → bridge: `avatar.state {state}`, `transcript.delta {item_id, role, delta}`,
-  `transcript.completed {item_id, role, text}` text frames, and binary audio frames in the
-  client protocol's layout (realtime.protocol.encode_audio).
+  `transcript.completed {item_id, role, text, reply_to?}` text frames (the user line of an
+  `input_text` names its `event_id` in `reply_to`), and binary audio frames in the client
+  protocol's layout (realtime.protocol.encode_audio).
 
 A turn: `listening`, the user's line completed, `speaking`, the reply streamed one word at
 a time (a text delta and a 20 ms audio frame per word), the reply completed, `idle`.
@@ -28,7 +29,14 @@ import msgspec
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from realtime.protocol import SAMPLE_RATE, AudioHeader, AvatarStateName, Role, encode_audio
+from realtime.protocol import (
+    MAX_TEXT,
+    SAMPLE_RATE,
+    AudioHeader,
+    AvatarStateName,
+    Role,
+    encode_audio,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +49,13 @@ MAX_FRAME_BYTES = 1024 * 1024
 # ---- the engine protocol ---------------------------------------------------------------
 
 
-class _UpstreamEvent(msgspec.Struct, tag_field="type", kw_only=True):
+class _UpstreamEvent(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
     pass
 
 
 class EngineInputText(_UpstreamEvent, tag="input_text"):
     text: str
+    event_id: str | None = None  # the client event, named again by the user line
 
 
 class EngineAvatarState(_UpstreamEvent, tag="avatar.state"):
@@ -63,6 +72,7 @@ class EngineCompleted(_UpstreamEvent, tag="transcript.completed"):
     item_id: str
     role: Role
     text: str
+    reply_to: str | None = None
 
 
 EngineEvent = EngineAvatarState | EngineDelta | EngineCompleted
@@ -74,10 +84,11 @@ _encoder = msgspec.json.Encoder()
 # ---- deterministic answers -------------------------------------------------------------
 
 
-def reply_to(utterance: str) -> str:
-    """The AI's answer to a user line: the same line always gets the same answer."""
+def answer_to(utterance: str) -> str:
+    """The AI's answer to a user line: the same line always gets the same answer, and it
+    fits in one line of a transcript (at most MAX_TEXT characters, as the user's line)."""
     words = utterance.split()
-    return f"I heard {len(words)} words: {utterance}"
+    return f"I heard {len(words)} words: {utterance}"[:MAX_TEXT].rstrip()
 
 
 def audio_utterance(n_bytes: int) -> str:
@@ -101,7 +112,8 @@ class EngineConnection:
     def __init__(self, ws: ServerConnection, word_seconds: float) -> None:
         self.ws = ws
         self.word_seconds = word_seconds
-        self.turns: asyncio.Queue[str] = asyncio.Queue(maxsize=16)
+        # Utterances waiting for their turn, with the input_text event they came from.
+        self.turns: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue(maxsize=16)
         self.items = itertools.count(1)
         self.frames = itertools.count()
         self.audio_bytes = 0
@@ -115,11 +127,11 @@ class EngineConnection:
                     self._hear_audio(len(message))
                     continue
                 try:
-                    text = _input_decoder.decode(message).text
+                    said = _input_decoder.decode(message)
                 except msgspec.DecodeError:
                     log.warning("engine: ignoring a malformed frame")
                     continue
-                await self.turns.put(text)
+                await self.turns.put((said.text, said.event_id))
         except ConnectionClosed:
             pass
         finally:
@@ -140,23 +152,25 @@ class EngineConnection:
     def _audio_utterance_ended(self) -> None:
         n_bytes, self.audio_bytes, self.audio_timer = self.audio_bytes, 0, None
         with contextlib.suppress(asyncio.QueueFull):
-            self.turns.put_nowait(audio_utterance(n_bytes))
+            self.turns.put_nowait((audio_utterance(n_bytes), None))
 
     async def _speak(self) -> None:
         while True:
-            utterance = await self.turns.get()
-            await self._turn(utterance)
+            utterance, event_id = await self.turns.get()
+            await self._turn(utterance, event_id)
 
     async def _send(self, event: EngineEvent) -> None:
         await self.ws.send(_encoder.encode(event).decode())
 
-    async def _turn(self, utterance: str) -> None:
+    async def _turn(self, utterance: str, event_id: str | None) -> None:
         n = next(self.items)
         user_item, ai_item = f"item_u{n}", f"item_a{n}"
         await self._send(EngineAvatarState(state="listening"))
-        await self._send(EngineCompleted(item_id=user_item, role="user", text=utterance))
+        await self._send(
+            EngineCompleted(item_id=user_item, role="user", text=utterance, reply_to=event_id)
+        )
         await self._send(EngineAvatarState(state="speaking"))
-        answer = reply_to(utterance)
+        answer = answer_to(utterance)
         for i, word in enumerate(answer.split(" ")):
             await self._send(
                 EngineDelta(item_id=ai_item, role="ai", delta=word if i == 0 else f" {word}")

@@ -6,6 +6,7 @@ access token or an integration token) or, for browsers, which cannot send header
 `?integration_token=<token>` (integration tokens only). A missing, forged, expired or
 revoked token is refused with HTTP 401, a token without `live:write` with 403, a foreign
 Origin (when an allowlist is configured) with 403: never a socket that opens and fails.
+When the token cannot be checked (the database is down) the answer is 503: fail closed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import logging
 import signal
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +40,8 @@ def _refusal(status: int, reason: str, message: str) -> Response:
     headers["Cache-Control"] = "no-store"
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="xentree-live"'
+    if status == 503:
+        headers["Retry-After"] = "1"
     return Response(status, reason, headers, f"{message}\n".encode())
 
 
@@ -60,7 +64,11 @@ class RealtimeServer:
     def __init__(self, deps: BridgeDeps) -> None:
         self.deps = deps
         self.bridge = Bridge(deps)
-        self._accepted: dict[ServerConnection, tuple[Principal, str]] = {}
+        # Weak: a handshake admitted here can still fail (no upgrade, a foreign Origin)
+        # and never reach the handler, which is what pops the entry.
+        self._accepted: weakref.WeakKeyDictionary[ServerConnection, tuple[Principal, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -68,7 +76,11 @@ class RealtimeServer:
         token, from_query = credentials(request)
         if token is None or len(token) > MAX_TOKEN_LENGTH:
             return _refusal(401, "Unauthorized", "credentials are required")
-        principal = await self.bridge.call(self.deps.authenticate, token)
+        try:
+            principal = await self.bridge.call(self.deps.authenticate, token)
+        except Exception:
+            log.exception("could not check a token at the handshake")
+            return _refusal(503, "Service Unavailable", "try again shortly")
         if principal is None:
             return _refusal(401, "Unauthorized", "invalid token")
         if from_query and principal.credential != "integration":

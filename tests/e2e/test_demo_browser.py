@@ -25,6 +25,9 @@ def test_a_typed_message_gets_an_ai_reply_on_the_demo_page(stack: Stack, tmp_pat
     )
     wait_for_port(int(stack.env["XENTREE_REALTIME_PORT"]))
     tenant, user = f"t-{secrets.token_hex(4)}", f"u-{secrets.token_hex(4)}"
+    # Less than a minute of quota: the page shows the warning at once.
+    stack.cli("plan", "assign", "--tenant", tenant, "--user", user, "--plan", "custom",
+              "--seconds", "45")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
@@ -45,7 +48,9 @@ def test_a_typed_message_gets_an_ai_reply_on_the_demo_page(stack: Stack, tmp_pat
             reply = ai_line.first.inner_text()
             assert "hello from the browser" in reply, reply
             seconds = int(page.locator("#remaining").get_attribute("data-seconds") or "-1")
-            assert 0 < seconds <= 600
+            assert 0 < seconds <= 45
+            expect(page.locator("#warning")).to_be_visible()
+            expect(page.locator("#warning")).to_contain_text("Quota warning")
             # The quota counts down on the page (heartbeats every second on this stack).
             page.wait_for_function(
                 f"Number(document.getElementById('remaining').dataset.seconds) < {seconds}",
@@ -82,6 +87,12 @@ def test_without_the_dev_issuer_there_is_no_demo_and_no_dev_endpoint() -> None:
 
     class Offline:
         settings = Settings(dev_issuer=False)
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
 
         def check_database(self) -> None:
             pass

@@ -12,7 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from domain.transcript import MAX_TEXT, RawEntry
+from realtime.bridge import stored_lines
 from realtime.deadline import END_MARGIN_SECONDS, WARNING_SECONDS, next_step, seconds_left
+from realtime.engine import EngineCompleted, EngineInputText, answer_to, engine_event_decoder
 from realtime.flood import TokenBucket
 from realtime.protocol import (
     AudioHeader,
@@ -167,3 +170,39 @@ def test_token_bucket_allows_bursts_then_the_rate() -> None:
     assert sum(bucket.take() for _ in range(10)) == 5
     now[0] += 100  # never more than the burst
     assert sum(bucket.take() for _ in range(50)) == 20
+
+
+# ---- lines and the engine ---------------------------------------------------------------
+
+
+def test_a_line_longer_than_a_transcript_entry_is_stored_in_pieces() -> None:
+    line = RawEntry(role="ai", text="x" * (2 * MAX_TEXT + 5), timestamp="2026-03-01T12:00:00Z")
+    pieces = stored_lines(line)
+    assert [len(p.text) for p in pieces] == [MAX_TEXT, MAX_TEXT, 5]
+    assert "".join(p.text for p in pieces) == line.text
+    assert all(p.role == "ai" and p.timestamp == line.timestamp for p in pieces)
+    assert stored_lines(msgspec.structs.replace(line, text="short")) == [
+        msgspec.structs.replace(line, text="short")
+    ]
+    assert stored_lines(msgspec.structs.replace(line, text="   ")) == []
+
+
+def test_the_engine_answer_fits_one_transcript_entry() -> None:
+    assert answer_to("hello there") == "I heard 2 words: hello there"
+    longest = " ".join(["word"] * 2000)[:MAX_TEXT]
+    assert len(answer_to(longest)) <= MAX_TEXT
+    assert answer_to(longest) == answer_to(longest)  # deterministic
+
+
+def test_the_engine_protocol_carries_the_client_event_it_answers() -> None:
+    said = msgspec.json.decode(b'{"type":"input_text","text":"hi","event_id":"c7"}',
+                               type=EngineInputText)
+    assert said.event_id == "c7"
+    old = msgspec.json.decode(b'{"type":"input_text","text":"hi"}', type=EngineInputText)
+    assert old.event_id is None  # an engine or bridge that does not know the field
+    line = engine_event_decoder.decode(
+        b'{"type":"transcript.completed","item_id":"i","role":"user","text":"hi"}'
+    )
+    assert isinstance(line, EngineCompleted) and line.reply_to is None
+    wire = json.loads(msgspec.json.encode(EngineCompleted(item_id="i", role="ai", text="t")))
+    assert "reply_to" not in wire
