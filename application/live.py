@@ -42,6 +42,7 @@ from domain.ids import account_id, api_key_id, ledger_id
 from domain.ledger import UsageLedger
 from domain.periods import period_bounds
 from domain.session import SESSION_TYPES, LiveSession
+from domain.transcript import Transcript
 
 T = TypeVar("T")
 A = TypeVar("A", bound=Aggregate)
@@ -357,6 +358,7 @@ class LiveApplication(
                 self.save(session, ledger)
             except RecordConflictError:
                 continue
+            self._close_live_transcript(session_id, reason, now)
             return True
         return False
 
@@ -376,8 +378,19 @@ class LiveApplication(
                 self.save(session, ledger)
             except RecordConflictError:
                 continue
+            assert bill.end_reason is not None
+            self._close_live_transcript(session_id, bill.end_reason, now)
             return Reaped(bill.end_reason, None)
         return Reaped(None, None)
+
+    def _close_live_transcript(
+        self, session_id: UUID, reason: str, now: Callable[[], datetime]
+    ) -> None:
+        """A session the server ended may have had a live transcript (the realtime bridge
+        appends each line as it is said); the bridge finalises it, but not if it died
+        with the session: then this does (finalising twice changes nothing)."""
+        if self.load(Transcript, Transcript.live_id(session_id)) is not None:
+            self.finalise_transcript(session_id, reason, now)
 
     def assign_plan(
         self,

@@ -525,6 +525,12 @@ def test_a_crashed_bridge_loses_no_line_already_said(stack: Stack) -> None:
         r = user.get(f"/api/live/transcripts/{summary['transcript_id']}")
         lines = [(e["role"], e["text"]) for e in r.json()["transcripts"]]
         assert lines == [("user", "remember this"), ("ai", "I heard 2 words: remember this")]
+        # Nobody heartbeats any more: the reaper ends the session idle and, the bridge
+        # being gone, finalises its transcript itself.
+        final = wait_until(
+            lambda: (s := stored()) is not None and s["status"] == "complete" and s, timeout=20
+        )
+        assert final["end_reason"] == "idle_timeout"
     finally:
         stack.apps.restart("realtime")
         wait_for_port(int(stack.env["XENTREE_REALTIME_PORT"]))
