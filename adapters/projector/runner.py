@@ -54,6 +54,7 @@ _rows_encoder = msgspec.json.Encoder()
 POLL_TIMEOUT_MS = 200
 TOPIC_CHECK_SECONDS = 2.0
 OFFSET_COMMIT_SECONDS = 5.0
+IDLE_ADVANCE_SECONDS = 0.1
 FETCH_MAX_WAIT_MS = 500
 RETRY_SECONDS = 1.0
 # Tansu completes a group join only after about half the session timeout, and the
@@ -139,6 +140,7 @@ class Projector:
         self._topic_id: str | None = None
         self._topic_checked_at = 0.0
         self._committed_at = 0.0
+        self._idle_advanced_at = 0.0
         # projection -> partition -> (position, kafka_offset) as last recorded.
         self._progress: dict[str, dict[int, tuple[int, int]]] = {n: {} for n in self.names}
 
@@ -174,6 +176,10 @@ class Projector:
             self._advance_idle(consumer)
             return 0
         self.apply_records(polled)
+        # Partitions with nothing new must not hold the watermark back while others are
+        # busy (a poll that is never empty would otherwise never let them advance).
+        if time.monotonic() - self._idle_advanced_at > IDLE_ADVANCE_SECONDS:
+            self._advance_idle(consumer)
         if time.monotonic() - self._committed_at > OFFSET_COMMIT_SECONDS:
             self._commit_offsets(consumer)
         if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
@@ -303,6 +309,7 @@ class Projector:
     # ---- the idle watermark step ----------------------------------------------------
 
     def _advance_idle(self, consumer: KafkaConsumer) -> None:
+        self._idle_advanced_at = time.monotonic()
         assigned: set[TopicPartition] = consumer.assignment()
         if not assigned:
             return

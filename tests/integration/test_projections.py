@@ -257,3 +257,33 @@ def test_projections_follow_a_recreated_topic(
     row = session_row(conn, p.tenant_id, p.user_id, sid)
     agg = app.repository.get(UUID(sid))
     assert row is not None and row["session_seconds"] == agg.session_seconds == 20
+
+
+def test_quiet_partitions_do_not_hold_the_watermark_back(
+    settings: Settings, app: LiveApplication, relay: Relay, conn: psycopg.Connection[Any]
+) -> None:
+    """One session's heartbeats land on one partition; a busy projector, whose polls always
+    bring records, must still let the quiet partitions' watermarks rise."""
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    projector = Projector(settings, "sessions", group_id=f"x.sessions.{secrets.token_hex(4)}")
+    consumer = projector._consumer_()
+    poll = consumer.poll
+
+    def never_empty(**kwargs: Any) -> Any:
+        while not (polled := poll(**kwargs)):
+            pass
+        return polled
+
+    consumer.poll = never_empty  # the idle path of poll_once never runs
+    try:
+        for _ in range(30):
+            clock.advance(1)
+            position = app.heartbeat(p, sid, clock).position
+            assert position is not None
+            projector.poll_once()
+            if watermark(conn, "sessions") >= position:
+                return
+        raise AssertionError("the watermark stayed behind the quiet partitions")
+    finally:
+        projector.close()
