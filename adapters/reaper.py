@@ -8,6 +8,7 @@ or bill the same session; the loser reloads and finds it already ended."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -27,8 +28,9 @@ def active_session_ids(app: LiveApplication) -> list[UUID]:
 
 
 # A session's due time can only come sooner when another session of its user spends the
-# quota it was counting on, or a plan shrinks it: look at every session this often anyway.
-RECHECK_SECONDS = 5.0
+# quota it was counting on, or a plan shrinks it: look at every session about this often
+# anyway (spread over the interval, so the rechecks do not come in one burst).
+RECHECK_SECONDS = 30.0
 
 
 class Reaper:
@@ -63,9 +65,8 @@ class Reaper:
             if reaped.due is None:
                 self._due.pop(session_id, None)
             else:
-                self._due[session_id] = min(
-                    reaped.due, self._now() + timedelta(seconds=RECHECK_SECONDS)
-                )
+                recheck = RECHECK_SECONDS * random.uniform(0.5, 1.0)
+                self._due[session_id] = min(reaped.due, self._now() + timedelta(seconds=recheck))
         return ended
 
 

@@ -68,6 +68,11 @@ def start(app: LiveApplication, p: Principal, clock: Clock) -> str:
 
 def test_the_reaper_loads_a_session_only_when_it_may_be_due(app: LiveApplication) -> None:
     clock = Clock()
+    t0 = clock()
+
+    def at(seconds: float) -> None:
+        clock.at = t0 + timedelta(seconds=seconds)
+
     users = [user() for _ in range(5)]
     sessions = [start(app, p, clock) for p in users]
     counter = CountingReaps(app)
@@ -76,23 +81,24 @@ def test_the_reaper_loads_a_session_only_when_it_may_be_due(app: LiveApplication
     assert reaper.pass_once() == {}
     assert sorted(map(str, counter.loaded)) == sorted(sessions)  # new: each looked at once
     counter.loaded.clear()
-    clock.advance(1)
+    at(1)
     assert reaper.pass_once() == {}
     assert counter.loaded == []  # none can be due yet
 
-    # A heartbeat moves one session's idle window; the others go idle.
-    clock.advance(20)
+    # A heartbeat at 21 s moves one session's idle window to 81 s; the others go idle at
+    # 60 s (their periodic rechecks, at 15-30 s, found them not due yet).
+    at(21)
     app.heartbeat(users[0], sessions[0], clock)
-    clock.advance(IDLE - 21)
-    ended = reaper.pass_once()
-    assert ended == {sid: "idle_timeout" for sid in sessions[1:]}
-    # Looked at once more before the heartbeat's idle window ends (the periodic recheck).
+    at(IDLE)
+    assert reaper.pass_once() == {sid: "idle_timeout" for sid in sessions[1:]}
+    # The next recheck comes half an interval later at the soonest: nothing loaded before.
     counter.loaded.clear()
-    clock.advance(RECHECK_SECONDS)
-    assert reaper.pass_once() == {}
-    assert [str(s) for s in counter.loaded] == [sessions[0]]
-    clock.advance(20)
+    at(IDLE + RECHECK_SECONDS / 2 - 0.5)
+    assert reaper.pass_once() == {} and counter.loaded == []
+    # At its due time at the latest it is looked at again, and ended.
+    at(81.01)
     assert reaper.pass_once() == {sessions[0]: "idle_timeout"}
+    assert [str(s) for s in counter.loaded] == [sessions[0]]
     assert reaper.pass_once() == {}
 
 
