@@ -79,7 +79,7 @@ def write(rows: list[Row], meta: dict[str, Any], out_dir: Path, stem: str) -> tu
     md_path, json_path = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     md_path.write_text(md)
     json_path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    if stem.endswith("-partial"):
+    if stem.endswith(("-partial", "-smoke")):
         return md_path, json_path
     latest = "latest-quick" if meta.get("quick") else "latest"
     (out_dir / f"{latest}.md").write_text(md)

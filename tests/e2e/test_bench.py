@@ -1,0 +1,68 @@
+"""`./ops/bench` itself: a smoke run (every scenario for about a second, on a stack of its
+own) writes a table with every row, each anchored figure with its ratio. The figures of
+such a run mean nothing; the real ones come from `./ops/bench` and `--quick`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+ANCHORS = (
+    "eventsourcing create-and-save loop",
+    "eventsourcing get-and-save loop",
+    "autocommit INSERT loop",
+    "kafka-python produce loop",
+    "bare Litestar JSON endpoint",
+    "bare Litestar Ed25519 verify endpoint",
+)
+RATIOS = {  # scenario -> the anchor its throughput is a ratio of
+    "heartbeat through HTTP": "eventsourcing get-and-save loop",
+    "start + end pairs": "eventsourcing create-and-save loop",
+    "GET /api/live/quota": "bare Litestar JSON endpoint",
+    "POST /api/integration/verify": "bare Litestar Ed25519 verify endpoint",
+}
+SCENARIOS = (
+    "heartbeat p99 at half load",
+    "command-to-projection lag at 500 commands/s",
+    "realtime: 10 sockets on one bridge",
+    "projection rebuild from the event store",
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(ROOT / "ops" / "bench"), "--smoke", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [table] = tmp_path.glob("bench-*-smoke.json")
+    rows = json.loads(table.read_text())["rows"]
+    by_name = {r["name"]: r for r in rows}
+    assert not [r for r in rows if r["status"] != "ok"], [
+        (r["name"], r["status"], r["note"]) for r in rows if r["status"] != "ok"
+    ]
+    for anchor in ANCHORS:
+        assert by_name[anchor]["group"] == "anchor" and by_name[anchor]["rate"] > 0, anchor
+    for scenario, anchor in RATIOS.items():
+        row = by_name[scenario]
+        assert row["anchor"] == anchor and row["rate"] > 0, scenario
+        assert row["ratio"] == pytest.approx(row["rate"] / by_name[anchor]["rate"], rel=1e-6)
+        assert row["result"] in ("pass", "**miss**"), scenario
+    for prefix in SCENARIOS:
+        [row] = [r for r in rows if r["name"].startswith(prefix)]
+        assert row["result"] in ("pass", "**miss**") and row["rate"] is not None, prefix
+    growth = [r for r in rows if r["group"] == "growth"]
+    assert {r["name"].split(" p99")[0] for r in growth} == {"heartbeat", "quota read"}
+    assert [r for r in growth if r["ratio"] is not None]  # the later level against the first
+    # The markdown table has the same rows.
+    [markdown] = tmp_path.glob("bench-*-smoke.md")
+    text = markdown.read_text()
+    for row in rows:
+        assert row["name"] in text
