@@ -34,8 +34,6 @@ SCENARIOS = (
 )
 
 
-@pytest.mark.postgres
-@pytest.mark.kafka
 def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     done = subprocess.run(
         [str(ROOT / "ops" / "bench"), "--smoke", "--results", str(tmp_path)],
