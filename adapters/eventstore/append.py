@@ -1,11 +1,19 @@
 """One database function that appends a command's events: `xentree_append`.
 
-It takes the event table's EXCLUSIVE lock (so positions are issued in commit order, as the
-eventsourcing recorder does it), records the command's idempotency answer, keeps the index
-of active sessions, inserts the events, extends the hash chain (adapters/eventstore/
-chain.py) and notifies the relay, all in one statement: one round trip per command instead
-of the pipelined transaction of several statements the library sends. It is SECURITY
-DEFINER because only the owner may take that lock; it can do nothing but append.
+It serialises appenders (so positions are issued in commit order, which is what lets a
+reader of the notification log never skip one), records the command's idempotency answer,
+keeps the index of active sessions, inserts the events, extends the hash chain
+(adapters/eventstore/chain.py) and notifies the relay, all in one statement: one round
+trip per command instead of the pipelined transaction of several statements the library
+sends. It is SECURITY DEFINER because the application role may not write history rows
+itself; it can do nothing but append.
+
+Appenders take a transaction-scoped advisory lock, not the eventsourcing recorder's
+`LOCK TABLE ... IN EXCLUSIVE MODE`: the table lock also conflicts with autovacuum (SHARE
+UPDATE EXCLUSIVE), which then blocks every append until the deadlock check cancels it a
+second later (seen as one-second stalls in the heartbeat's p99). Every append goes
+through this function (the role holds no INSERT on history), so the advisory lock
+serialises them all the same.
 
 The chain digest computed here must equal `chain.event_digest` byte for byte (a unit test
 and every `audit verify` check it); the event's stored timestamp comes from the caller,
@@ -22,6 +30,8 @@ from psycopg import sql
 from adapters.eventstore.history import CHAIN_TABLE, EVENTS_TABLE, SCHEMA
 
 APPEND_FUNCTION = "xentree_append"
+# The advisory lock every appender holds until it commits (migrations use 7_241_117).
+APPEND_LOCK = 7_241_118
 DIGEST_FUNCTION = "xentree_event_digest"
 STORED_EVENT_TYPE = "stored_event_uuid"  # the eventsourcing recorder's composite type
 
@@ -78,7 +88,7 @@ DECLARE
     at bigint;
 BEGIN
     PERFORM set_config('lock_timeout', lock_timeout, true);
-    LOCK TABLE {SCHEMA}.{EVENTS_TABLE} IN EXCLUSIVE MODE;
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
     IF idem_key IS NOT NULL THEN
         INSERT INTO {SCHEMA}.idempotency (owner, key, fingerprint, status, body)
         VALUES (idem_owner, idem_key, idem_fingerprint, idem_status, idem_body);

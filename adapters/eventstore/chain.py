@@ -9,7 +9,7 @@ with the parts position (8 bytes, big-endian), aggregate id (text), version (8 b
 topic (the event type), timestamp (ISO 8601, as stored) and the stored payload bytes. The
 first link chains from 32 zero bytes. Links are written by the append function
 (adapters/eventstore/append.py, the same digest in SQL) in the insert transaction, while
-the event table's EXCLUSIVE lock serialises writers, so link order is commit order.
+its lock serialises writers, so link order is commit order.
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ Schema setup (`migrate`) runs as the owner. Application processes switch to the 
 named by XENTREE_DATABASE_ROLE on connect (`-c role=...`), which may only SELECT history
 and ordinary DML on everything derived. It appends through `xentree_append`
 (adapters/eventstore/append.py), a SECURITY DEFINER function that can do nothing but
-append: it takes the `LOCK TABLE ... IN EXCLUSIVE MODE` that serialises writers (which
-PostgreSQL grants only to holders of UPDATE, DELETE or TRUNCATE) and chains every event.
+append: it serialises writers and chains every event.
 """
 
 from __future__ import annotations

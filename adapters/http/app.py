@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,6 +39,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         owned = services is None
         app.state.services = services or build_services(settings)
         await app.state.services.start()
+        # Everything built so far lives as long as the process: out of the collector's
+        # sight, so a full collection scans only what requests create (its pauses were
+        # most of the heartbeat's p99 at moderate load).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
@@ -79,4 +85,5 @@ async def refuse_while_database_down(request: Request[Any, Any, Any]) -> None:
 
 def app_from_env() -> Litestar:
     """Uvicorn factory entry point (`adapters.http.app:app_from_env`)."""
+
     return create_app(load_settings())

@@ -172,3 +172,59 @@ def test_parallel_starts_never_exceed_the_concurrency_limit(app: LiveApplication
     with ThreadPoolExecutor(max_workers=10) as pool:
         started = [s for s in pool.map(attempt, range(20)) if s]
     assert len(started) == 1
+
+
+def test_a_reader_tailing_the_log_never_skips_an_event(
+    app: LiveApplication, settings: Settings
+) -> None:
+    """Positions are issued in commit order: a reader that follows the log from the last
+    position it saw, while eight writers append, misses nothing (no event commits later
+    under a lower position than one already read)."""
+    import threading
+
+    seen: list[int] = []
+    stop = threading.Event()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        start = conn.execute(
+            "SELECT coalesce(max(notification_id), 0) FROM xentree_live_events"
+        ).fetchone()[0]  # type: ignore[index]
+
+        def tail() -> None:
+            last = start
+            with psycopg.connect(settings.database_url, autocommit=True) as reader:
+                while not stop.is_set() or last < final[0]:
+                    rows = reader.execute(
+                        "SELECT notification_id FROM xentree_live_events "
+                        "WHERE notification_id > %s ORDER BY notification_id", (last,)
+                    ).fetchall()
+                    for (position,) in rows:
+                        seen.append(position)
+                        last = position
+
+        def write() -> None:
+            p, clock = user(), Clock()
+            for _ in range(6):
+                sid = body(app.start_session(p, "voice", clock))["session_id"]
+                clock.advance(2.5)
+                app.heartbeat(p, sid, clock)
+                app.end_session(p, sid, "client", clock)
+
+        final = [10**18]
+        reader = threading.Thread(target=tail)
+        reader.start()
+        with ThreadPoolExecutor(8) as pool:
+            for f in [pool.submit(write) for _ in range(8)]:
+                f.result()
+        final[0] = conn.execute(
+            "SELECT max(notification_id) FROM xentree_live_events"
+        ).fetchone()[0]  # type: ignore[index]
+        stop.set()
+        reader.join(timeout=30)
+        stored = [
+            p for (p,) in conn.execute(
+                "SELECT notification_id FROM xentree_live_events WHERE notification_id > %s "
+                "ORDER BY notification_id", (start,)
+            ).fetchall()
+        ]
+    assert len(stored) >= 8 * 6 * 4
+    assert seen == stored
