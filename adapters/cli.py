@@ -84,10 +84,14 @@ def cmd_reaper(settings: Settings, _args: argparse.Namespace) -> str:
 
 
 def cmd_realtime(settings: Settings, _args: argparse.Namespace) -> str:
+    from functools import partial
+
     from adapters.auth.errors import AuthenticationError
+    from adapters.eventstore.session_ends import follow_session_ends
     from adapters.http.services import build_services
     from adapters.integration.tokens import is_integration_token
     from application.principal import Principal
+    from application.settings import parse_database_url
     from realtime.bridge import BridgeDeps
     from realtime.server import run
 
@@ -104,8 +108,14 @@ def cmd_realtime(settings: Settings, _args: argparse.Namespace) -> str:
             return None
 
     try:
-        run(BridgeDeps(settings=settings, app=services.live, authenticate=authenticate,
-                       now=_now))
+        conninfo = parse_database_url(settings.database_url).conninfo()
+        run(BridgeDeps(
+            settings=settings,
+            app=services.live,
+            authenticate=authenticate,
+            now=_now,
+            session_ends=partial(follow_session_ends, conninfo),
+        ))
     finally:
         services.close()
     return "realtime bridge stopped"

@@ -82,8 +82,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # After a notification, how long the relay lets more commits gather before it reads
     # the log: fewer, larger batches (one produce, one position write each) for that
     # much more lag.
-    relay_linger_ms: int = 5
+    relay_linger_ms: int = 10
     projection_batch_size: int = 500
+    # After a batch short of the batch size, how long a projector lets more events gather
+    # before it fetches again: fewer, larger transactions for that much more lag.
+    projection_linger_ms: int = 10
     # Integration tokens (SPEC section 5).
     master_key: str = ""
     integration_issuer: str = "https://live.xentree.local/integration"
@@ -278,6 +281,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         projection_batch_size=_int(
             env, "XENTREE_PROJECTION_BATCH_SIZE", d.projection_batch_size
         ),
+        projection_linger_ms=_int(env, "XENTREE_PROJECTION_LINGER_MS", d.projection_linger_ms),
 
         master_key=env.get("XENTREE_MASTER_KEY", "").strip(),
         integration_issuer=env.get("XENTREE_INTEGRATION_ISSUER", "").strip()

@@ -34,7 +34,6 @@ from uuid import UUID
 
 import msgspec
 import websockets
-from eventsourcing.utils import get_topic
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -92,9 +91,7 @@ from realtime.protocol import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SESSION_ENDED_TOPIC = f"{get_topic(LiveSession)}.Ended"
 START_TIMEOUT_SECONDS = 30.0
-RESUBSCRIBE_SECONDS = 1.0
 # How long an upstream that stopped reading gets to take its close frame before it is cut.
 UPSTREAM_CLOSE_SECONDS = 2.0
 # How long a client that stopped reading gets to drain what was sent (and so learn the
@@ -115,20 +112,24 @@ class BridgeDeps:
     # A bearer or integration token → its principal, or None when it is not valid now.
     authenticate: Callable[[str], Principal | None]
     now: Callable[[], datetime]
+    # Follows the ids of sessions whose end commits, until its stop event is set: calls the
+    # first callable with each id, the second whenever it (re)starts listening.
+    session_ends: Callable[
+        [Callable[[UUID], None], Callable[[], None], threading.Event], None
+    ]
 
 
 class EndWatcher:
-    """Follows `LiveSession.Ended` events in the notification log (LISTEN/NOTIFY, no
-    polling loop of ours) and tells the connection holding that session, on its loop."""
+    """Hears of every session end as it commits (a PostgreSQL notification, no polling and
+    no reading of the event log) and tells the connection holding that session, on its
+    loop. Whatever ended while it was not listening it finds by looking at its sessions."""
 
-    def __init__(self, app: LiveApplication, loop: asyncio.AbstractEventLoop) -> None:
-        self._app = app
+    def __init__(self, deps: BridgeDeps, loop: asyncio.AbstractEventLoop) -> None:
+        self._deps = deps
         self._loop = loop
         self._watchers: dict[UUID, Callable[[], None]] = {}
         self._stopped = threading.Event()
-        self._subscription: Any = None
         self._thread = threading.Thread(target=self._follow, name="end-watcher", daemon=True)
-        self._position = app.recorder.max_notification_id() or 0
 
     def start(self) -> None:
         self._thread.start()
@@ -141,31 +142,24 @@ class EndWatcher:
 
     def stop(self) -> None:
         self._stopped.set()
-        if self._subscription is not None:
-            self._subscription.stop()
         self._thread.join(timeout=5)
 
     def _follow(self) -> None:
-        while not self._stopped.is_set():
+        self._deps.session_ends(self._heard, self._look_again, self._stopped)
+
+    def _heard(self, session_id: UUID) -> None:
+        if session_id in self._watchers:
+            self._loop.call_soon_threadsafe(self._tell, session_id)
+
+    def _look_again(self) -> None:
+        for session_id in list(self._watchers):
             try:
-                # Every event, filtered here: with a topic filter the library's query
-                # starts again after the last *matching* event each time, rescanning
-                # all the heartbeats stored since the last session end.
-                subscription = self._app.recorder.subscribe(gt=self._position)
-                self._subscription = subscription
-                with subscription:
-                    for notification in subscription:
-                        self._position = notification.id
-                        if notification.topic != SESSION_ENDED_TOPIC:
-                            continue
-                        originator = notification.originator_id
-                        session_id = (
-                            originator if isinstance(originator, UUID) else UUID(originator)
-                        )
-                        self._loop.call_soon_threadsafe(self._tell, session_id)
+                session = self._deps.app.load(LiveSession, session_id)
             except Exception:
-                log.exception("session end subscription failed; resubscribing")
-            self._stopped.wait(RESUBSCRIBE_SECONDS)
+                log.exception("looking at session %s failed", session_id)
+                continue
+            if session is not None and not session.is_active:
+                self._heard(session_id)
 
     def _tell(self, session_id: UUID) -> None:
         callback = self._watchers.get(session_id)
@@ -200,7 +194,7 @@ class Bridge:
         self.connections: set[Connection] = set()
 
     def start(self) -> None:
-        self.watcher = EndWatcher(self.deps.app, asyncio.get_running_loop())
+        self.watcher = EndWatcher(self.deps, asyncio.get_running_loop())
         self.watcher.start()
 
     def stop(self) -> None:

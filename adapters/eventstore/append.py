@@ -28,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from adapters.eventstore.history import CHAIN_TABLE, EVENTS_TABLE, SCHEMA
+from adapters.eventstore.session_ends import CHANNEL as SESSIONS_ENDED
 
 APPEND_FUNCTION = "xentree_append"
 # The advisory lock every appender holds until it commits (migrations use 7_241_117).
@@ -101,6 +102,8 @@ BEGIN
     END IF;
     IF cardinality(ended) > 0 THEN
         DELETE FROM {SCHEMA}.active_sessions WHERE session_id = ANY(ended);
+        -- Listeners (the realtime bridge) hear of each end once it commits.
+        PERFORM pg_notify('{SESSIONS_ENDED}', array_to_string(ended, ','));
     END IF;
     NOTIFY {EVENTS_TABLE};
     SELECT hash INTO previous FROM {SCHEMA}.{CHAIN_TABLE} ORDER BY position DESC LIMIT 1;

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 import psycopg
@@ -228,3 +230,38 @@ def test_a_reader_tailing_the_log_never_skips_an_event(
         ]
     assert len(stored) >= 8 * 6 * 4
     assert seen == stored
+
+
+def test_a_session_end_is_heard_once_it_commits(
+    app: LiveApplication, settings: Settings
+) -> None:
+    """The realtime bridge's feed of ended sessions: a notification per committed end."""
+    import threading
+
+    from adapters.eventstore.session_ends import follow_session_ends
+    from application.settings import parse_database_url
+
+    heard: list[Any] = []
+    listening = threading.Event()
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=follow_session_ends,
+        args=(parse_database_url(settings.database_url).conninfo(), heard.append,
+              listening.set, stop),
+        daemon=True,
+    )
+    follower.start()
+    try:
+        assert listening.wait(10)
+        p, clock = user(), Clock()
+        sid = body(app.start_session(p, "voice", clock))["session_id"]
+        clock.advance(3)
+        app.heartbeat(p, sid, clock)
+        app.end_session(p, sid, "client", clock)
+        deadline = time.monotonic() + 10
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [str(s) for s in heard] == [sid]  # the start and the heartbeat said nothing
+    finally:
+        stop.set()
+        follower.join(timeout=5)

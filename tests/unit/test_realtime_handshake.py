@@ -39,7 +39,7 @@ def server(tokens: dict[str, Principal]) -> RealtimeServer:
 
     # process_request never reaches the application.
     deps = BridgeDeps(settings=Settings(), app=cast(Any, None), authenticate=authenticate,
-                      now=lambda: datetime.now(UTC))
+                      now=lambda: datetime.now(UTC), session_ends=lambda *_: None)
     return RealtimeServer(deps)
 
 
