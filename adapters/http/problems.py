@@ -275,8 +275,15 @@ def unprocessable_body(
     return problem(request, 422 if in_body else 400, "invalid_request", _validation_detail(exc))
 
 
+# What Litestar raises (as a 500) when the client goes away before its body has arrived.
+_CLIENT_GONE = "client disconnected prematurely"
+
+
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
+    if status >= 500 and exc.detail == _CLIENT_GONE:
+        # Nobody is left to read an answer: not a server error, and nothing to log.
+        return problem(request, 400, "invalid_request", "the client went away mid-request")
     if status >= 500:
         return _internal(request, exc)
     code = _HTTP_CODES.get(status, "invalid_request")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.e2e.conftest import Stack, User
@@ -152,3 +154,32 @@ def test_unknown_routes_and_methods_are_problems(stack: Stack) -> None:
     r = u.get(START)
     assert r.status_code == 405
     assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_client_gone_mid_body_is_not_a_server_error(stack: Stack) -> None:
+    """A body cut short by a closed connection: no 5xx counted, nothing started."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = stack.user()
+    target = urlsplit(stack.url)
+
+    def errors() -> float:
+        text = stack.client.get("/metrics").text
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("xentree_http_requests_total{")
+            and 'status="5' in line and "session/start" in line
+        )
+
+    before = errors()
+    for _ in range(5):
+        with socket.create_connection((target.hostname, target.port), timeout=5) as raw:
+            head = (
+                f"POST {START} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: {u.headers['Authorization']}\r\nContent-Length: 100\r\n\r\n"
+            )
+            raw.sendall(head.encode() + b'{"session_type": ')
+    time.sleep(1)
+    assert errors() == before
+    _nothing_started(u)
