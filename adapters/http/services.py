@@ -34,7 +34,7 @@ from application.settings import Settings, parse_database_url
 # How long a read waits, unasked, for the caller's own last command before it answers
 # with what the read model has (an explicit X-Min-Position waits read_wait_seconds, then
 # answers 503).
-IMPLICIT_WAIT_SECONDS = 0.25
+IMPLICIT_WAIT_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
