@@ -51,10 +51,12 @@ R = TypeVar("R", bound=msgspec.Struct)
 
 _rows_encoder = msgspec.json.Encoder()
 
-POLL_TIMEOUT_MS = 200
+# How long a poll waits for records before the idle partitions' watermarks are moved up to
+# the relay's position: the delay of `as_of` (and of read-your-writes) when little happens.
+POLL_TIMEOUT_MS = 50
 TOPIC_CHECK_SECONDS = 2.0
 OFFSET_COMMIT_SECONDS = 5.0
-IDLE_ADVANCE_SECONDS = 0.1
+IDLE_ADVANCE_SECONDS = 0.02
 FETCH_MAX_WAIT_MS = 500
 RETRY_SECONDS = 1.0
 # Tansu completes a group join only after about half the session timeout, and the

@@ -61,7 +61,6 @@ def test_a_read_right_after_a_command_reflects_it_without_asking(stack: Stack) -
         assert r.status_code == 200, r.text
         profile = u.get("/api/live/profile")
         assert profile.status_code == 200 and profile.json()["nickname"] == f"nick {i}"
-        assert profile.json()["as_of"] >= int(r.headers["X-Event-Position"])
     stored = u.post("/api/live/transcripts", {
         "session_started_at": "2026-04-16T10:00:00Z",
         "session_ended_at": "2026-04-16T10:05:00Z",
