@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 REQUIRED_SCOPE = "live:write"
 MAX_TOKEN_LENGTH = 4096
+# The kernel grows a socket's send buffer to megabytes on its own (autotuning): a client
+# that stopped reading would hold that much and be noticed only once it is full. A fixed
+# buffer bounds both; 64 KiB is two seconds of PCM16 audio at 16 kHz.
+SEND_BUFFER_BYTES = 64 * 1024
 
 
 def _refusal(status: int, reason: str, message: str) -> Response:
@@ -97,6 +102,7 @@ class RealtimeServer:
             await connection.close(1011, "unauthenticated")
             return
         principal, token = accepted
+        bound_send_buffer(connection)
         await self.bridge.handle(connection, principal, token)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -132,6 +138,12 @@ class RealtimeServer:
                 # client_disconnected, billed to this moment.
         finally:
             self.bridge.stop()
+
+
+def bound_send_buffer(connection: ServerConnection) -> None:
+    sock = connection.transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
