@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import FrameType
@@ -164,7 +165,31 @@ def cmd_plan_assign(settings: Settings, args: argparse.Namespace) -> str:
         )
     finally:
         app.close()
+    if answer.position is not None and args.wait > 0:
+        _wait_for_read_models(settings, answer.position, ("quota", "profile"), args.wait)
     return answer.body.decode()
+
+
+def _wait_for_read_models(
+    settings: Settings, position: int, names: tuple[str, ...], timeout: float
+) -> None:
+    """Return once the read models show the change at `position` (what the API then
+    answers), or say on stderr that they had not after `timeout` seconds (no projector
+    running, say); the change itself is stored either way."""
+    import psycopg
+
+    from adapters.readmodels import watermark
+    from application.settings import parse_database_url
+
+    deadline = time.monotonic() + timeout
+    conninfo = parse_database_url(settings.database_url).conninfo()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while min(watermark(conn, name) for name in names) < position:
+            if time.monotonic() >= deadline:
+                print(f"note: the read models had not reached position {position} after "
+                      f"{timeout:g} s; the API shows the change once they do", file=sys.stderr)
+                return
+            time.sleep(0.02)
 
 
 def cmd_api_key_create(settings: Settings, args: argparse.Namespace) -> str:
@@ -249,6 +274,9 @@ def _parser() -> argparse.ArgumentParser:
     assign.add_argument("--plan", required=True, choices=["free", "pro", "enterprise", "custom"])
     assign.add_argument("--seconds", type=int)
     assign.add_argument("--max-session-seconds", type=int)
+    assign.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                        help="wait up to this long for the API's reads to show the plan "
+                        "(0: do not wait)")
     assign.set_defaults(run=cmd_plan_assign)
 
     keys = sub.add_parser("api-key", help="API key management").add_subparsers(

@@ -23,21 +23,26 @@ QUOTA_COLUMNS = (
     "ledger_id, tenant_id, user_id, period_start, period_end, plan, limit_seconds, "
     "used_seconds, max_session_seconds, active, version, position"
 )
-# The row and the watermark it reflects, read in one statement (one snapshot).
+# The row and the watermark it reflects, read in one statement (one snapshot). The row is
+# the user's latest ledger up to the period: an earlier period's when this one has none yet,
+# which still tells the plan they are on (plans carry over; assigning one updates the
+# current period's ledger).
 QUOTA_WITH_WATERMARK = (
     "SELECT w.partitions, w.mark, q.* FROM (SELECT count(*) AS partitions, "  # noqa: S608
     "coalesce(min(position), 0) AS mark FROM projection_partitions "
     "WHERE projection = 'quota') w "
     f"LEFT JOIN (SELECT {QUOTA_COLUMNS} FROM rm_quota "
-    "WHERE tenant_id = %s AND user_id = %s AND period_start = %s) q ON true"
+    "WHERE tenant_id = %s AND user_id = %s AND period_start <= %s "
+    "ORDER BY period_start DESC LIMIT 1) q ON true"
 )
 
 
 async def quota_with_watermark(
     conn: psycopg.AsyncConnection[Any], tenant_id: str, user_id: str, period_start: datetime
 ) -> tuple[int, dict[str, Any] | None]:
-    """The quota projection's watermark and the user's row for the period (None before
-    their first session of the period)."""
+    """The quota projection's watermark and the user's latest row up to the period starting
+    at `period_start` (an earlier period's before their first session of this one; None
+    before their first ever)."""
     cur = await conn.execute(
         QUOTA_WITH_WATERMARK, (tenant_id, user_id, period_start), prepare=True
     )
@@ -191,11 +196,12 @@ def transcript_rows(
     session_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    before: tuple[datetime, UUID] | None = None,
+    before: tuple[datetime, datetime, UUID] | None = None,
 ) -> list[dict[str, Any]]:
     """The user's transcripts without their entries, newest conversation first (by
-    `started_at`, then id); `since` <= started_at <= `until`; `before` is the
-    (started_at, transcript_id) of the last row of the previous page."""
+    `started_at`; of those that started together, the one stored last first);
+    `since` <= started_at <= `until`; `before` is the (started_at, created_at,
+    transcript_id) of the last row of the previous page."""
     clauses = ["tenant_id = %s", "user_id = %s"]
     params: list[Any] = [tenant_id, user_id]
     if session_id is not None:
@@ -208,13 +214,13 @@ def transcript_rows(
         clauses.append("started_at <= %s")
         params.append(until)
     if before is not None:
-        clauses.append("(started_at, transcript_id) < (%s, %s)")
+        clauses.append("(started_at, created_at, transcript_id) < (%s, %s, %s)")
         params.extend(before)
     params.append(limit)
     query = (
         f"SELECT {TRANSCRIPT_SUMMARY_COLUMNS} FROM rm_transcripts "  # noqa: S608 - constants
         f"WHERE {' AND '.join(clauses)} "
-        "ORDER BY started_at DESC, transcript_id DESC LIMIT %s"
+        "ORDER BY started_at DESC, created_at DESC, transcript_id DESC LIMIT %s"
     )
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)

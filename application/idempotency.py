@@ -3,16 +3,25 @@
 The answer is stored in the same transaction as the command's events (the event store
 adapter writes the record passed to `save(..., idempotency=...)`), so a crash can never
 leave an effect without its answer, or an answer without its effect. Dedupe is durable.
+
+A refusal is an answer too: a retry of a start refused for an active session is refused
+the same way after that session has ended, not carried out then. It is stored as the
+domain error to raise again (status `REFUSED`), which the adapters map to the same problem.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
+
+from domain.errors import DomainError
+
+# The stored status of a refusal; its body is a `Refusal`.
+REFUSED = 0
 
 
 class IdempotencyMismatch(Exception):
@@ -70,6 +79,34 @@ class IdempotencyRequest(msgspec.Struct, frozen=True):
         return IdempotencyRecord(
             owner=self.owner, key=self.key, fingerprint=self.fingerprint, status=status, body=body
         )
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    error: str  # the DomainError class
+    args: list[Any]
+    fields: dict[str, Any]
+
+
+def refusal_body(exc: DomainError) -> bytes:
+    fields = {k: v for k, v in vars(exc).items() if k != "event_position"}
+    return msgspec.json.encode(Refusal(type(exc).__name__, list(exc.args), fields))
+
+
+def refused_again(answer: StoredAnswer) -> DomainError:
+    """The domain error a stored refusal was, as it was raised the first time."""
+    refusal = msgspec.json.decode(answer.body, type=Refusal)
+    cls = {c.__name__: c for c in _domain_errors(DomainError)}[refusal.error]
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *refusal.args)
+    exc.__dict__.update(refusal.fields)
+    exc.event_position = answer.position
+    return exc
+
+
+def _domain_errors(cls: type[DomainError]) -> Iterator[type[DomainError]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _domain_errors(sub)
 
 
 def replay(store: IdempotencyStore, request: IdempotencyRequest | None) -> StoredAnswer | None:

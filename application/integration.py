@@ -325,7 +325,9 @@ class IntegrationUseCases:
             scopes=scopes,
             kid=tenant.current_kid,
             issued_at=at,
-            expires_at=at + timedelta(seconds=ttl_seconds),
+            # The token's exp (whole seconds after its iat): expires_at says exactly that.
+            # issued_at stays exact, for revoke-all's "issued before".
+            expires_at=at.replace(microsecond=0) + timedelta(seconds=ttl_seconds),
             granted_by=principal.user_id,
             rotated_from=rotated_from,
         )

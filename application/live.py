@@ -17,8 +17,11 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import RecordConflictError, StoredEvent
 
 from application.idempotency import (
+    REFUSED,
     IdempotencyRequest,
     IdempotencyStore,
+    refusal_body,
+    refused_again,
     replay,
 )
 from application.integration import IntegrationUseCases
@@ -112,18 +115,30 @@ class LiveApplication(
         decide again. The answer is stored with the events when an idempotency key is given.
 
         A decision whose outcome is an error that still changed state (a heartbeat that ran
-        out the quota ends the session, then answers 402) saves first, then raises; its
-        retry finds the session ended and raises the same error again."""
-        stored = replay(self.idempotency, idem)
-        if stored is not None:
-            return Answer(stored.status, stored.body, stored.position)
+        out the quota ends the session, then answers 402) saves first, then raises. A
+        refusal is remembered under the idempotency key like any answer (with the state it
+        changed), and a retry raises it again."""
+        answered = self.answered(idem)
+        if answered is not None:
+            return answered
         for attempt in range(MAX_ATTEMPTS):
             try:
-                aggregates, status, outcome = decide()
+                try:
+                    aggregates, status, outcome = decide()
+                except DomainError as refusal:
+                    self._remember_refusal(idem, refusal)
+                    raise
                 if isinstance(outcome, Exception):
-                    saved = self.save(*aggregates)
-                    if isinstance(outcome, DomainError) and saved:
-                        outcome.event_position = max(r.notification.id for r in saved)
+                    if not isinstance(outcome, DomainError):
+                        self.save(*aggregates)
+                        raise outcome
+                    refused = idem.record(REFUSED, refusal_body(outcome)) if idem else None
+                    if not any(agg.pending_events for agg in aggregates):
+                        self._remember_refusal(idem, outcome)
+                        raise outcome
+                    saved = self.save(*aggregates, idempotency=refused)
+                    self._cache_saved(aggregates)
+                    outcome.event_position = max(r.notification.id for r in saved)
                     raise outcome
                 body = msgspec.json.encode(outcome)
                 record = idem.record(status, body) if idem is not None else None
@@ -143,6 +158,22 @@ class LiveApplication(
             return Answer(status, body, max(r.notification.id for r in recordings))
         raise RuntimeError("too much contention on one user's quota; retry")
 
+    def answered(self, idem: IdempotencyRequest | None) -> Answer | None:
+        """The answer already given to this idempotent request, if any; a refusal given to
+        it is raised again (IdempotencyMismatch when its key was used for another request)."""
+        stored = replay(self.idempotency, idem)
+        if stored is None:
+            return None
+        if stored.status == REFUSED:
+            raise refused_again(stored)
+        return Answer(stored.status, stored.body, stored.position)
+
+    def _remember_refusal(self, idem: IdempotencyRequest | None, refusal: DomainError) -> None:
+        """Keep a refusal that changed nothing as the answer to its idempotency key (a
+        concurrent first answer under the same key wins; the caller then hears this one)."""
+        if idem is not None:
+            self.idempotency.put(idem.record(REFUSED, refusal_body(refusal)), None)
+
     def _cache_saved(self, aggregates: Sequence[Aggregate]) -> None:
         """Saved aggregates are the freshest state there is: cache copies, so the next
         command on them (the end of a session just started) starts from the cache."""
@@ -152,9 +183,9 @@ class LiveApplication(
                 cache.put(aggregate.id, deepcopy(aggregate))
 
     def _replay_or_raise(self, idem: IdempotencyRequest | None) -> Answer:
-        stored = replay(self.idempotency, idem)
-        assert stored is not None
-        return Answer(stored.status, stored.body, stored.position)
+        answer = self.answered(idem)
+        assert answer is not None
+        return answer
 
     def _plan_for(self, tenant_id: str, user_id: str) -> tuple[str, int, int]:
         account = self.load(Account, account_id(tenant_id, user_id))

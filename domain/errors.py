@@ -39,6 +39,14 @@ class NotFound(DomainError):
         self.what = what
 
 
+class ScopeNotHeld(DomainError):
+    """A caller asked to hand on a scope it does not hold itself (a grant, an API key)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"the caller does not hold the scope {scope}")
+        self.scope = scope
+
+
 class InvalidValue(DomainError):
     """A value broke a domain rule (nickname, plan, ...); `field` names the input."""
 

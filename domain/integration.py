@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from domain.errors import InvalidValue
+from domain.errors import InvalidValue, ScopeNotHeld
 
 MIN_TTL_SECONDS = 30
 MAX_TTL_SECONDS = 600
@@ -51,7 +51,7 @@ def check_grant(scopes: list[str], ttl_seconds: int, caller_scopes: frozenset[st
     if not wanted <= GRANTABLE_SCOPES:
         raise InvalidValue("scopes", "integration tokens may hold only live:read and live:write")
     if not wanted <= caller_scopes:
-        raise InvalidValue("scopes", "a grant cannot hold scopes its granter lacks")
+        raise ScopeNotHeld(min(wanted - caller_scopes))
     return sorted(wanted)
 
 

@@ -44,7 +44,8 @@ class IntegrationGrant(Aggregate):
 
     @property
     def ttl_seconds(self) -> int:
-        return int((self.expires_at - self.issued_at).total_seconds())
+        """The lifetime a token of this grant carries (exp - iat, whole seconds)."""
+        return int(self.expires_at.timestamp()) - int(self.issued_at.timestamp())
 
     def is_live(self, now: datetime) -> bool:
         return self.revoked_at is None and now < self.expires_at

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from urllib.parse import quote, urlsplit, urlunsplit
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -265,6 +266,24 @@ def app_env(
     return env
 
 
+def log_in_as_app_role(env: Mapping[str, str], owner_url: str) -> dict[str, str]:
+    """The app processes' environment on our own server: they log in as the application
+    role itself (trust authentication on loopback), not as the owner switching to it, so
+    nothing they run can switch back to a role that may change history."""
+    role = env.get("XENTREE_DATABASE_ROLE", "")
+    if not role:
+        return dict(env)
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+    parts = urlsplit(owner_url)
+    host = parts.netloc.rpartition("@")[2]
+    login = urlunsplit(parts._replace(netloc=f"{quote(role)}@{host}"))
+    return {**env, "XENTREE_DATABASE_URL": login, "XENTREE_DATABASE_ROLE": ""}
+
+
 class _Shutdown(Exception):
     pass
 
@@ -321,14 +340,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if migrate != 0:
             say(f"migrate failed with exit code {migrate}; stopping")
             return 1
+        role = env.get("XENTREE_DATABASE_ROLE", "")
+        if postgres is not None:
+            env = log_in_as_app_role(env, database_url)
         apps = AppProcesses(env, PROCESSES, command=command, output=out).start()
         host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "") else settings.api_host
         api = f"http://{host}:{settings.api_port}"
         say(f"API         {api}")
         say(f"OpenAPI     {api}/schema")
         say(f"PostgreSQL  {database_url}")
-        if env.get("XENTREE_DATABASE_ROLE"):
-            say(f"App role    {env['XENTREE_DATABASE_ROLE']} (appends history, cannot change it)")
+        if role:
+            how = "log in as it" if postgres is not None else "switch to it"
+            say(f"App role    {role} (the apps {how}: appends history, cannot change it)")
         say(f"Kafka       {bootstrap}")
         while True:
             try:

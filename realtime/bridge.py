@@ -247,6 +247,9 @@ class Connection:
         )
         self.last_line_at: datetime | None = None
         self.partial: dict[str, tuple[str, str]] = {}  # item_id → (role, text so far)
+        # The event_id of the first `input_audio.append` of the utterance being heard:
+        # what the user line the engine makes of that audio answers.
+        self.audio_event_id: str | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.writer: asyncio.Task[None] | None = None
         self.finishing: asyncio.Task[None] | None = None
@@ -451,6 +454,8 @@ class Connection:
         if len(pcm) % 2:
             self._error("invalid_event", "PCM16 audio has an even number of bytes", reply_to)
             return
+        if self.audio_event_id is None:
+            self.audio_event_id = reply_to
         await self._to_upstream(pcm)
 
     async def _to_upstream(self, message: str | bytes) -> None:
@@ -504,6 +509,10 @@ class Connection:
             )
         elif isinstance(event, EngineCompleted):
             self.partial.pop(event.item_id, None)
+            reply_to = event.reply_to
+            if event.role == "user" and reply_to is None:
+                # A line the engine heard in audio (an input_text names itself).
+                reply_to, self.audio_event_id = self.audio_event_id, None
             at = self._line_time()
             stored = asyncio.get_running_loop().create_future()
             line = RawEntry(role=event.role, text=event.text, timestamp=format_timestamp(at))
@@ -512,7 +521,7 @@ class Connection:
             await stored
             self._send(
                 TranscriptCompleted(
-                    event_id=self.ids(), reply_to=event.reply_to, item_id=event.item_id,
+                    event_id=self.ids(), reply_to=reply_to, item_id=event.item_id,
                     role=event.role, text=event.text, timestamp=at,
                 )
             )
@@ -671,11 +680,13 @@ class Connection:
             if cause == "ended":
                 view = await self.bridge.call(app.session_view, self.principal, sid)
                 reason, seconds = str(view["end_reason"]), int(view["session_seconds"])
+                ended_at: datetime = view["ended_at"]
             else:
                 clock = self.deps.now if at is None else (lambda: at)
                 answer = await self.bridge.call(app.end_session, self.principal, sid, cause, clock)
                 ended = msgspec.json.decode(answer.body, type=SessionEnded)
                 reason, seconds = ended.end_reason, ended.session_seconds
+                ended_at = ended.ended_at
         except Exception:
             log.exception("ending session %s failed", sid)
             self._error("internal_error", "the session could not be ended cleanly")
@@ -685,7 +696,9 @@ class Connection:
             assert self.bridge.watcher is not None
             self.bridge.watcher.unwatch(self.session_uuid)
         if reason == "quota_exceeded":
-            self._send(QuotaExceededEvent(event_id=self.ids(), session_id=sid))
+            self._send(
+                QuotaExceededEvent(event_id=self.ids(), session_id=sid, remaining_seconds=0)
+            )
         self._send(
             SessionEndedEvent(
                 event_id=self.ids(), reply_to=reply_to, session_id=sid, reason=reason,
@@ -695,9 +708,9 @@ class Connection:
         ended_here = cause in ("client", "client_disconnected", "upstream_lost")
         self._close(close_code_for(reason, ended_here=ended_here), reason)
         await self._close_upstream()
-        await self._finalise_transcript(reason)
+        await self._finalise_transcript(reason, ended_at)
 
-    async def _finalise_transcript(self, reason: str) -> None:
+    async def _finalise_transcript(self, reason: str, ended_at: datetime) -> None:
         assert self.session_uuid is not None
         self.lines.put_nowait(None)
         if self.writer is not None:
@@ -705,7 +718,12 @@ class Connection:
         cut_off: RawEntry | None = None
         for role, text in self.partial.values():
             if text.strip():
-                at = format_timestamp(self._line_time())
+                # Cut off by the end: said by then, whenever this runs (and never before
+                # the line that completed last).
+                said = min(self.deps.now(), ended_at)
+                if self.last_line_at is not None:
+                    said = max(said, self.last_line_at)
+                at = format_timestamp(said)
                 cut_off = RawEntry(role=role, text=text, timestamp=at, interrupted=True)
         if cut_off is not None and len(cut_off.text) > MAX_TEXT:
             *head, cut_off = stored_lines(cut_off)

@@ -143,6 +143,9 @@ def decode_client_event(frame: str | bytes) -> ClientEvent:
     reply_to = head.event_id if isinstance(head.event_id, str) else None
     if reply_to is not None and not 1 <= len(reply_to) <= 64:
         reply_to = None
+    if head.type is None:
+        raise ProtocolError("malformed", "frames must be JSON objects with a string type",
+                            reply_to)
     if head.type not in CLIENT_EVENT_TYPES:
         raise ProtocolError("unknown_event", f"unknown event type {head.type!r}", reply_to)
     raise ProtocolError("invalid_event", detail, reply_to)
@@ -196,7 +199,7 @@ class QuotaWarning(_ServerEvent, tag="quota.warning"):
 
 class QuotaExceededEvent(_ServerEvent, tag="quota.exceeded"):
     session_id: str
-    remaining_seconds: int = 0
+    remaining_seconds: int  # always 0: said, not left out as a default
 
 
 class SessionEndedEvent(_ServerEvent, tag="session.ended"):

@@ -4,7 +4,7 @@ the event store alone with the projections' pure apply functions."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from adapters.audit.fold import fold_all, row_json
@@ -39,7 +39,7 @@ def replay(history: History, tenant: str, user: str, until: datetime) -> dict[st
     return {
         "tenant_id": tenant,
         "user_id": user,
-        "until": until,
+        "until": until.astimezone(UTC),
         "position": last,
         "billed_seconds": sum(row["used_seconds"] for row in views.get("quota", [])),
         **views,

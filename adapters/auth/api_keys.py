@@ -22,7 +22,7 @@ from adapters.auth.base62 import encode_fixed, is_base62, random_string
 from adapters.auth.scopes import AUDIT_READ, LIVE_READ, LIVE_WRITE
 from adapters.auth.secret_file import read_or_create_secret
 from application.settings import Settings
-from domain.errors import InvalidValue
+from domain.errors import InvalidValue, ScopeNotHeld
 
 PREFIX = "xtl_"
 BODY_LENGTH = 30
@@ -66,7 +66,7 @@ def check_key_request(scopes: frozenset[str], creator_scopes: frozenset[str], na
     if not scopes <= KEY_SCOPES:
         raise InvalidValue("scopes", "API keys may hold only live:read, live:write and audit:read")
     if not scopes <= creator_scopes:
-        raise InvalidValue("scopes", "a key cannot hold scopes its creator lacks")
+        raise ScopeNotHeld(min(scopes - creator_scopes))
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidValue("name", f"must be at most {MAX_NAME_LENGTH} characters")
     if not name.isprintable():

@@ -202,8 +202,11 @@ CREATE TABLE IF NOT EXISTS rm_transcripts (
     version bigint NOT NULL,
     position bigint NOT NULL
 );
-CREATE INDEX IF NOT EXISTS rm_transcripts_owner
-    ON rm_transcripts (tenant_id, user_id, started_at DESC, transcript_id DESC);
+-- Newest conversation first; of conversations that started at the same time, the one
+-- stored last first (the list's order and its cursor's key).
+DROP INDEX IF EXISTS rm_transcripts_owner;
+CREATE INDEX IF NOT EXISTS rm_transcripts_newest
+    ON rm_transcripts (tenant_id, user_id, started_at DESC, created_at DESC, transcript_id DESC);
 CREATE INDEX IF NOT EXISTS rm_transcripts_session
     ON rm_transcripts (tenant_id, user_id, session_id);
 """

@@ -14,7 +14,7 @@ from adapters.auth.api_keys import (
     hash_api_key,
 )
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http.auth import BEARER_ONLY, authenticate
+from adapters.http.auth import BEARER_ONLY, principal_of, requires
 from adapters.http.commands import idempotency, in_thread, respond, services_of
 from adapters.http.schemas import KEY_PROBLEMS
 from application.results import ApiKeyInfo, ApiKeyIssued
@@ -33,12 +33,13 @@ class ApiKeyController(Controller):
     path = "/api/live/api-keys"
     tags = ["api-keys"]
 
-    @post("/", operation_id="createApiKey", status_code=201, responses=KEY_PROBLEMS)
+    @post("/", operation_id="createApiKey", status_code=201, responses=KEY_PROBLEMS,
+          before_request=requires(LIVE_WRITE, BEARER_ONLY))
     async def create(
         self, request: Request[Any, Any, Any], data: CreateKey
     ) -> Response[ApiKeyIssued]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_WRITE, BEARER_ONLY)
+        principal = principal_of(request)
         scopes = frozenset(data.scopes)
         check_key_request(scopes, principal.scopes, data.name)
         idem = await idempotency(request, principal)
@@ -60,10 +61,11 @@ class ApiKeyController(Controller):
             )
         return respond(answer)
 
-    @get("/", operation_id="listApiKeys", responses=KEY_PROBLEMS)
+    @get("/", operation_id="listApiKeys", responses=KEY_PROBLEMS,
+         before_request=requires(LIVE_READ, BEARER_ONLY))
     async def list_keys(self, request: Request[Any, Any, Any]) -> KeyList:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_READ, BEARER_ONLY)
+        principal = principal_of(request)
         rows = await in_thread(
             lambda: services.recorder.api_keys_of(principal.tenant_id, principal.user_id)
         )
@@ -81,11 +83,12 @@ class ApiKeyController(Controller):
         )
 
     @delete(
-        "/{key_id:str}", operation_id="revokeApiKey", status_code=200, responses=KEY_PROBLEMS
+        "/{key_id:str}", operation_id="revokeApiKey", status_code=200, responses=KEY_PROBLEMS,
+        before_request=requires(LIVE_WRITE, BEARER_ONLY),
     )
     async def revoke(self, request: Request[Any, Any, Any], key_id: str) -> Response[ApiKeyInfo]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_WRITE, BEARER_ONLY)
+        principal = principal_of(request)
         answer = await in_thread(
             lambda: services.live.revoke_api_key(principal, key_id, services.now)
         )

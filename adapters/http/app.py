@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Response, Router
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
@@ -68,12 +69,24 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             version="0.1.0",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
+            openapi_router=Router(
+                "/schema", route_handlers=[], include_in_schema=False,
+                after_request=schema_page_not_found,
+            ),
         ),
         debug=False,
     )
 
 
 OPERATIONS = ("/healthz", "/readyz", "/metrics", "/schema")
+
+
+async def schema_page_not_found(response: Response[Any]) -> Response[Any]:
+    """Litestar answers an unknown page under /schema with an HTML 404 of its own: make it
+    the same problem answer as every other unknown route."""
+    if response.status_code == 404:
+        raise NotFoundException()
+    return response
 
 
 async def refuse_while_database_down(request: Request[Any, Any, Any]) -> None:

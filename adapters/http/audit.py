@@ -20,7 +20,7 @@ from adapters.audit import event_schemas
 from adapters.audit.history import History, Selection, head
 from adapters.audit.replay import replay
 from adapters.auth.scopes import AUDIT_READ
-from adapters.http.auth import authenticate
+from adapters.http.auth import principal_of, requires
 from adapters.http.commands import in_thread, services_of
 from adapters.http.problems import BadRequest
 from adapters.http.schemas import READ_PROBLEMS
@@ -59,7 +59,9 @@ def _tenant(principal: Principal, services: Services, wanted: str | None) -> str
     if platform and principal.tenant_id == platform:
         return wanted
     if wanted is not None and wanted != principal.tenant_id:
-        raise BadRequest("audit reads are bounded to your own tenant", status=403)
+        # Another tenant's history does not exist for this caller (SPEC section 1: 404,
+        # never 403, so existence does not leak).
+        raise NotFound("tenant")
     return principal.tenant_id
 
 
@@ -72,6 +74,7 @@ class AuditController(Controller):
         operation_id="exportAuditEvents",
         responses=READ_PROBLEMS,
         summary="Stored events as CloudEvents envelopes, in position order",
+        before_request=requires(AUDIT_READ),
     )
     async def events(
         self,
@@ -84,7 +87,7 @@ class AuditController(Controller):
         until: datetime | None = None,
     ) -> AuditPage:
         services = services_of(request)
-        principal = await authenticate(request, services, AUDIT_READ)
+        principal = principal_of(request)
         _bounds(since, until)
         selection = Selection(
             tenant=_tenant(principal, services, tenant), user=user, since=since, until=until
@@ -104,6 +107,7 @@ class AuditController(Controller):
         operation_id="replayAudit",
         responses=READ_PROBLEMS,
         summary="A user's read models (quota, sessions, ...) as they stood at `until`",
+        before_request=requires(AUDIT_READ),
     )
     async def replay(
         self,
@@ -113,7 +117,7 @@ class AuditController(Controller):
         tenant: Annotated[str | None, Parameter(max_length=200)] = None,
     ) -> Response[bytes]:
         services = services_of(request)
-        principal = await authenticate(request, services, AUDIT_READ)
+        principal = principal_of(request)
         owner = _tenant(principal, services, tenant) or principal.tenant_id
         _bounds(None, until)
 

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import ValidationException
+from litestar.exceptions import SerializationException, ValidationException
 
-from adapters.http.problems import problem, unprocessable_body
+from adapters.http.problems import BadRequest, problem, unprocessable_body
 from domain.errors import InvalidValue
 
 T = TypeVar("T")
@@ -31,7 +31,11 @@ async def strict(request: Request[Any, Any, Any], cls: type[T]) -> T:
     """The request's JSON body as `cls`, converted without coercion; InvalidValue (422)
     naming the field otherwise."""
     try:
-        return msgspec.convert(await request.json(), cls, strict=True)
+        parsed = await request.json()
+    except SerializationException:
+        raise BadRequest("the body is not valid JSON") from None
+    try:
+        return msgspec.convert(parsed, cls, strict=True)
     except msgspec.ValidationError as exc:
         message, _, path = str(exc).partition(" - at `")
         raise InvalidValue(field_name(path.rstrip("`"), message), message) from None

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
+import msgspec
 from litestar import Request, Response
 from litestar.types import Message, Scope
 
@@ -43,8 +44,17 @@ async def idempotency(
     return IdempotencyRequest(
         owner=owner_of(principal.tenant_id, principal.user_id),
         key=key,
-        fingerprint=fingerprint(request.method, request.url.path, body),
+        fingerprint=fingerprint(request.method, request.url.path, canonical_json(body)),
     )
+
+
+def canonical_json(body: bytes) -> bytes:
+    """The same JSON however it was spaced or its keys ordered, so a client that encodes
+    its retry anew is still retrying; a body that is not JSON stays as it is."""
+    try:
+        return msgspec.json.encode(msgspec.json.decode(body), order="sorted")
+    except (msgspec.DecodeError, RecursionError):
+        return body
 
 
 def respond(answer: Answer) -> Response[Any]:

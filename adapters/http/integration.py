@@ -18,7 +18,7 @@ from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, Ins
 from adapters.auth.identifiers import MAX_IDENTIFIER_LENGTH, is_valid_identifier
 from adapters.auth.jwk import jwk_thumbprint, key_from_jwk
 from adapters.auth.scopes import INTEGRATION_MANAGE, INTEGRATION_VERIFY
-from adapters.http.auth import BEARER_ONLY, authenticate
+from adapters.http.auth import BEARER_ONLY, authenticate, principal_of, requires
 from adapters.http.bodies import invalid_body, strict
 from adapters.http.commands import idempotency, in_thread, respond, services_of
 from adapters.http.problems import BadRequest, Problem, rate_limit_headers
@@ -78,9 +78,9 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class VerifyRequest(msgspec.Struct, forbid_unknown_fields=True):
-    # Any JSON value: whatever is not one of our tokens (a number, null, an object) is
-    # simply not an active token, and introspection answers {"active": false}.
-    token: Annotated[Any, msgspec.Meta(description="The token to introspect")]
+    # Any string: whatever is not one of our tokens is simply not an active token, and
+    # introspection answers {"active": false}; a body without a string token is 422.
+    token: Annotated[TokenText, msgspec.Meta(description="The token to introspect")]
     # RFC 7662 section 2.1 lets a caller hint at the token's type; there is one type here.
     token_type_hint: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
@@ -93,6 +93,10 @@ class RevokeRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class RevokeAllRequest(msgspec.Struct, forbid_unknown_fields=True):
     issued_before: datetime
+
+
+class RotateKeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """No fields: the body is optional, and `{}` when given."""
 
 
 class GrantIssued(msgspec.Struct, kw_only=True):
@@ -154,18 +158,12 @@ def _counted(endpoint: str, scope: str) -> Callable[[Request[Any, Any, Any]], Aw
                 UNAUTHORISED_BUCKET, endpoint
             )
             raise
-        request.state["principal"] = principal
         state = await services.rate_limiter.hit(principal.tenant_id, endpoint)
         request.state["rate_limit"] = state
         if not state.allowed:
             raise RateLimited(state)
 
     return hook
-
-
-def _principal(request: Request[Any, Any, Any]) -> Principal:
-    principal: Principal = request.state["principal"]
-    return principal
 
 
 def _counted_answer(request: Request[Any, Any, Any], response: Response[Any]) -> Response[Any]:
@@ -197,7 +195,7 @@ class IntegrationController(Controller):
         self, request: Request[Any, Any, Any], data: GrantRequest
     ) -> Response[GrantIssued]:
         services = services_of(request)
-        principal = _principal(request)
+        principal = principal_of(request)
         data = await strict(request, GrantRequest)
         if not is_valid_identifier(data.subject):
             raise InvalidValue("subject", "must be 1-200 characters without whitespace")
@@ -221,7 +219,7 @@ class IntegrationController(Controller):
         self, request: Request[Any, Any, Any], data: VerifyRequest
     ) -> Response[Introspection]:
         services = services_of(request)
-        principal = _principal(request)
+        principal = principal_of(request)
         verified = await services.integration_tokens.verify_async(data.token, principal.tenant_id)
         body = _introspection(verified) if verified is not None else INACTIVE
         response = Response(
@@ -241,10 +239,14 @@ class IntegrationController(Controller):
         self, request: Request[Any, Any, Any], data: TokenRequest
     ) -> Response[GrantIssued]:
         services = services_of(request)
-        principal = _principal(request)
+        principal = principal_of(request)
         idem = await idempotency(request, principal)
 
         def run() -> Answer:
+            # A retry finds the first answer, though that answer revoked the token.
+            answered = services.live.answered(idem)
+            if answered is not None:
+                return answered
             verified = services.integration_tokens.verify(data.token, principal.tenant_id)
             if verified is None:
                 raise NotFound("active integration token")
@@ -261,12 +263,13 @@ class IntegrationController(Controller):
         status_code=200,
         responses=_PROBLEMS,
         summary="Revoke a token by token or jti; immediate on every API process",
+        before_request=requires(INTEGRATION_MANAGE, BEARER_ONLY),
     )
     async def revoke(
         self, request: Request[Any, Any, Any], data: RevokeRequest
     ) -> Response[TokenRevoked]:
         services = services_of(request)
-        principal = await authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
+        principal = principal_of(request)
         if (data.token is None) == (data.jti is None):
             raise InvalidValue("token", "give exactly one of token and jti")
         idem = await idempotency(request, principal)
@@ -293,12 +296,13 @@ class IntegrationController(Controller):
         status_code=200,
         responses=_PROBLEMS,
         summary="Revoke every grant of the tenant issued before an instant",
+        before_request=requires(INTEGRATION_MANAGE, BEARER_ONLY),
     )
     async def revoke_all(
         self, request: Request[Any, Any, Any], data: RevokeAllRequest
     ) -> Response[AllTokensRevoked]:
         services = services_of(request)
-        principal = await authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
+        principal = principal_of(request)
         data = await strict(request, RevokeAllRequest)
         if data.issued_before.tzinfo is None:
             raise InvalidValue("issued_before", "must be an RFC 3339 time with an offset")
@@ -317,10 +321,13 @@ class IntegrationController(Controller):
         responses=_PROBLEMS,
         summary="Make a new signing key current; the old one stays published until its "
         "tokens have expired",
+        before_request=requires(INTEGRATION_MANAGE, BEARER_ONLY),
     )
     async def rotate_key(self, request: Request[Any, Any, Any]) -> Response[SigningKeyRotated]:
         services = services_of(request)
-        principal = await authenticate(request, services, INTEGRATION_MANAGE, BEARER_ONLY)
+        principal = principal_of(request)
+        if (await request.body()).strip():
+            await strict(request, RotateKeyRequest)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.rotate_signing_key(principal, services.now, idem)

@@ -26,6 +26,7 @@ from domain.errors import (
     InvalidValue,
     NotFound,
     QuotaExceeded,
+    ScopeNotHeld,
     SessionAlreadyActive,
     SessionNotActive,
 )
@@ -131,6 +132,16 @@ def _scope(request: Request[Any, Any, Any], exc: InsufficientScope) -> Response[
         "insufficient_scope",
         f"this credential lacks the scope {exc.scope}",
         {"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{exc.scope}"'},
+        scope=exc.scope,
+    )
+
+
+def _scope_not_held(request: Request[Any, Any, Any], exc: ScopeNotHeld) -> Response[bytes]:
+    return problem(
+        request,
+        403,
+        "insufficient_scope",
+        f"scopes: only scopes this credential holds can be handed on, and it lacks {exc.scope}",
         scope=exc.scope,
     )
 
@@ -310,6 +321,7 @@ def exception_handlers() -> dict[type[Exception] | int, Callable[..., Response[A
         AuthenticationError: _authentication,
         InsufficientScope: _scope,
         CredentialNotAccepted: _credential,
+        ScopeNotHeld: _scope_not_held,
         QuotaExceeded: _quota,
         SessionAlreadyActive: _already_active,
         SessionNotActive: _not_active,

@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, get, put
 from litestar.exceptions import ValidationException
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http.auth import authenticate
+from adapters.http.auth import principal_of, requires
 from adapters.http.bodies import invalid_body
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.schemas import NICKNAME_PROBLEMS, READ_PROBLEMS
@@ -36,10 +36,11 @@ class ProfileController(Controller):
     # A body of the wrong shape is 422 naming the field, like a nickname that breaks a rule.
     exception_handlers = {ValidationException: invalid_body}
 
-    @get("/", operation_id="getProfile", responses=READ_PROBLEMS, summary="The caller's profile")
+    @get("/", operation_id="getProfile", responses=READ_PROBLEMS, summary="The caller's profile",
+         before_request=requires(LIVE_READ))
     async def profile(self, request: Request[Any, Any, Any]) -> ProfileView:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_READ)
+        principal = principal_of(request)
         wanted = min_position(request)
 
         def read() -> ProfileView:
@@ -63,12 +64,13 @@ class ProfileController(Controller):
         status_code=200,
         responses=NICKNAME_PROBLEMS,
         summary="Change the caller's nickname (trimmed, NFC, 1-32 characters)",
+        before_request=requires(LIVE_WRITE),
     )
     async def set_nickname(
         self, request: Request[Any, Any, Any], data: NicknameRequest
     ) -> Response[Profile]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_WRITE)
+        principal = principal_of(request)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.set_nickname(principal, data.nickname, idem)

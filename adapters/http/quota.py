@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Request, get
 
 from adapters.auth.scopes import LIVE_READ
-from adapters.http.auth import authenticate
+from adapters.http.auth import principal_of, requires
 from adapters.http.commands import min_position, services_of
 from adapters.http.schemas import READ_PROBLEMS
 from adapters.readmodels import quota_with_watermark
@@ -38,10 +38,11 @@ class QuotaController(Controller):
     path = "/api/live/quota"
     tags = ["quota"]
 
-    @get("/", operation_id="getQuota", responses=READ_PROBLEMS, summary="The caller's quota")
+    @get("/", operation_id="getQuota", responses=READ_PROBLEMS, summary="The caller's quota",
+         before_request=requires(LIVE_READ))
     async def quota(self, request: Request[Any, Any, Any]) -> QuotaView:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_READ)
+        principal = principal_of(request)
         wanted = min_position(request)
 
         start, end = period_bounds(services.now())
@@ -51,18 +52,27 @@ class QuotaController(Controller):
             mark, row = await quota_with_watermark(
                 conn, principal.tenant_id, principal.user_id, start
             )
-        settings = services.settings
-        if row is None:
-            # No usage yet this period: the entitlement of the default plan.
-            limit = settings.plan_seconds(settings.default_plan)
+        if row is None or row["period_start"] != start:
+            # No usage yet this period: the whole entitlement of the plan the user is on,
+            # the one their latest period ended with (the default plan for a new user).
+            settings = services.settings
+            plan, limit, max_session = (
+                (row["plan"], row["limit_seconds"], row["max_session_seconds"])
+                if row is not None
+                else (
+                    settings.default_plan,
+                    settings.plan_seconds(settings.default_plan),
+                    settings.plans.max_session_seconds,
+                )
+            )
             return QuotaView(
-                plan=settings.default_plan,
+                plan=plan,
                 period_start=start,
                 period_end=end,
                 limit_seconds=limit,
                 used_seconds=0,
                 remaining_seconds=limit,
-                max_session_seconds=settings.plans.max_session_seconds,
+                max_session_seconds=max_session,
                 active_sessions=[],
                 as_of=mark,
             )

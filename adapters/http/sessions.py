@@ -12,7 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http.auth import authenticate
+from adapters.http.auth import principal_of, requires
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.integration import end_if_token_revoked
 from adapters.http.problems import BadRequest
@@ -96,12 +96,13 @@ class SessionController(Controller):
         status_code=201,
         responses=COMMAND_PROBLEMS,
         summary="Start a live session",
+        before_request=requires(LIVE_WRITE),
     )
     async def start(
         self, request: Request[Any, Any, Any], data: StartRequest
     ) -> Response[SessionStarted]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_WRITE)
+        principal = principal_of(request)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.start_session(
@@ -118,12 +119,13 @@ class SessionController(Controller):
         status_code=200,
         responses=COMMAND_PROBLEMS,
         summary="Bill the session up to now and keep it alive",
+        before_request=requires(LIVE_WRITE),
     )
     async def heartbeat(
         self, request: Request[Any, Any, Any], data: SessionRef
     ) -> Response[HeartbeatAccepted]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_WRITE)
+        principal = principal_of(request)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.heartbeat(principal, data.session_id, services.now, idem)
@@ -136,12 +138,13 @@ class SessionController(Controller):
         status_code=200,
         responses=COMMAND_PROBLEMS,
         summary="End the session (idempotent)",
+        before_request=requires(LIVE_WRITE),
     )
     async def end(
         self, request: Request[Any, Any, Any], data: EndRequest
     ) -> Response[SessionEnded]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_WRITE)
+        principal = principal_of(request)
         idem = await idempotency(request, principal)
         answer = await in_thread(
             lambda: services.live.end_session(
@@ -155,6 +158,7 @@ class SessionController(Controller):
         operation_id="listSessions",
         responses=READ_PROBLEMS,
         summary="The caller's sessions, newest first",
+        before_request=requires(LIVE_READ),
     )
     async def list_sessions(
         self,
@@ -163,7 +167,7 @@ class SessionController(Controller):
         cursor: Annotated[str | None, Parameter(max_length=200)] = None,
     ) -> SessionPage:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_READ)
+        principal = principal_of(request)
         before = _decode_cursor(cursor) if cursor else None
         mark = await services.read_mark("sessions", min_position(request))
         async with services.aread() as conn:
@@ -183,10 +187,11 @@ class SessionController(Controller):
         operation_id="getSession",
         responses=READ_PROBLEMS,
         summary="One of the caller's sessions",
+        before_request=requires(LIVE_READ),
     )
     async def get_session(self, request: Request[Any, Any, Any], session_id: str) -> SessionView:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_READ)
+        principal = principal_of(request)
         await services.read_mark("sessions", min_position(request))
         async with services.aread() as conn:
             row = await afetch_one(

@@ -14,8 +14,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http import cursor
-from adapters.http.auth import NOT_API_KEY, authenticate
+from adapters.http import cursor as cursors
+from adapters.http.auth import NOT_API_KEY, principal_of, requires
 from adapters.http.bodies import invalid_body, strict
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.problems import BadRequest
@@ -93,6 +93,7 @@ class TranscriptPage(msgspec.Struct):
 
 class Position(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     started_at: datetime
+    created_at: datetime
     transcript_id: UUID
 
 
@@ -144,12 +145,13 @@ class TranscriptController(Controller):
         status_code=201,
         responses=TRANSCRIPT_PROBLEMS,
         summary="Store a conversation's transcript (bearer or service key)",
+        before_request=requires(LIVE_WRITE, NOT_API_KEY),
     )
     async def store(
         self, request: Request[Any, Any, Any], data: TranscriptIn
     ) -> Response[TranscriptStored]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_WRITE, NOT_API_KEY)
+        principal = principal_of(request)
         data = await strict(request, TranscriptIn)
         idem = await idempotency(request, principal)
         entries = [
@@ -174,6 +176,7 @@ class TranscriptController(Controller):
         operation_id="listTranscripts",
         responses=READ_PROBLEMS,
         summary="The caller's transcripts, newest conversation first",
+        before_request=requires(LIVE_READ),
     )
     async def list_transcripts(
         self,
@@ -182,15 +185,15 @@ class TranscriptController(Controller):
         since: TimeQuery = None,
         until: TimeQuery = None,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-        cursor_: Annotated[str | None, Parameter(query="cursor", max_length=300)] = None,
+        cursor: Annotated[str | None, Parameter(max_length=300)] = None,
     ) -> TranscriptPage:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_READ)
+        principal = principal_of(request)
         since_at = _query_time(since, "since")
         until_at = _query_time(until, "until")
         session_filter = _session_filter(session_id)
-        key = cursor.cursor_key(services.pepper)
-        before = _decode_position(key, principal, cursor_) if cursor_ else None
+        key = cursors.cursor_key(services.pepper)
+        before = _decode_position(key, principal, cursor) if cursor else None
         wanted = min_position(request)
 
         def read() -> TranscriptPage:
@@ -210,8 +213,10 @@ class TranscriptController(Controller):
             rows = rows[:limit]
             next_cursor = None
             if more:
-                last = Position(rows[-1]["started_at"], rows[-1]["transcript_id"])
-                next_cursor = cursor.sign(
+                last = Position(
+                    rows[-1]["started_at"], rows[-1]["created_at"], rows[-1]["transcript_id"]
+                )
+                next_cursor = cursors.sign(
                     key, principal, CURSOR_KIND, msgspec.json.encode(last)
                 )
             return TranscriptPage(
@@ -228,12 +233,13 @@ class TranscriptController(Controller):
             **READ_PROBLEMS,
         },
         summary="One of the caller's transcripts, whole",
+        before_request=requires(LIVE_READ),
     )
     async def get_transcript(
         self, request: Request[Any, Any, Any], transcript_id: str
     ) -> Response[Any]:
         services = services_of(request)
-        principal = await authenticate(request, services, LIVE_READ)
+        principal = principal_of(request)
         wanted = min_position(request)
 
         def read() -> bytes:
@@ -252,10 +258,12 @@ class TranscriptController(Controller):
         return Response(content=body, media_type="application/json")
 
 
-def _decode_position(key: bytes, principal: Principal, text: str) -> tuple[datetime, UUID]:
-    payload = cursor.verify(key, principal, CURSOR_KIND, text)
+def _decode_position(
+    key: bytes, principal: Principal, text: str
+) -> tuple[datetime, datetime, UUID]:
+    payload = cursors.verify(key, principal, CURSOR_KIND, text)
     try:
         position = msgspec.json.decode(payload, type=Position)
     except msgspec.DecodeError:
         raise BadRequest("cursor is not one this API issued") from None
-    return position.started_at, position.transcript_id
+    return position.started_at, position.created_at, position.transcript_id

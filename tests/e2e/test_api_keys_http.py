@@ -43,6 +43,10 @@ def test_api_key_scopes_are_bounded(stack: Stack) -> None:
     problem_of(u.post(KEYS, {"scopes": ["live:read"]}), 403, "insufficient_scope")
     w = stack.user()
     problem_of(w.post(KEYS, {"scopes": ["integration:manage"]}), 422, "invalid_request")
+    # A scope keys may hold, but the creator does not: not theirs to hand on.
+    lacking = problem_of(w.post(KEYS, {"scopes": ["live:read", "audit:read"]}), 403,
+                         "insufficient_scope")
+    assert lacking["scope"] == "audit:read"
     problem_of(w.post(KEYS, {"scopes": []}), 400, "invalid_request")
     problem_of(w.post(KEYS, {"scopes": "live:read"}), 400, "invalid_request")
 

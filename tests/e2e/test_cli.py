@@ -25,8 +25,17 @@ def test_plan_assign_prints_the_plan_and_changes_the_quota(stack: Stack) -> None
     )
     result = msgspec.json.decode(done.stdout.strip().splitlines()[-1])
     assert result["plan"] == "pro" and result["limit_seconds"] == 36_000
+    # The command returns once the API's reads show the plan: no waiting by the caller.
+    quota = u.get("/api/live/quota").json()
+    assert (quota["plan"], quota["limit_seconds"], quota["remaining_seconds"]) == (
+        "pro", 36_000, 36_000)
+    assert u.get("/api/live/profile").json()["plan"] == "pro"
     started = u.start()
     assert started["remaining_seconds"] == 36_000
+    # And again for a change of plan (the quota row exists now).
+    stack.cli("plan", "assign", "--tenant", u.tenant, "--user", u.user_id, "--plan", "custom",
+              "--seconds", "1234")
+    assert u.get("/api/live/quota").json()["limit_seconds"] == 1234
 
 
 def test_errors_exit_non_zero_with_a_message(stack: Stack) -> None:

@@ -76,3 +76,64 @@ def test_a_read_right_after_a_command_reflects_it_without_asking(stack: Stack) -
     assert listed.json()["items"][0]["session_id"] == sid
     quota = u.get("/api/live/quota").json()
     assert [a["session_id"] for a in quota["active_sessions"]] == [sid]
+
+
+def test_a_refusal_is_the_answer_a_retry_gets(stack: Stack) -> None:
+    """A start refused because a session was active is refused the same way when retried
+    with its key after that session has ended: a retry never has a second, later effect."""
+    u = stack.user()
+    active = u.start()["session_id"]
+    key = {"Idempotency-Key": f"refused-{secrets.token_hex(4)}"}
+    refused = u.post(START, {"session_type": "voice"}, **key)
+    assert problem_of(refused, 409, "session_already_active")["session_id"] == active
+    assert u.post(END, {"session_id": active}).status_code == 200
+    again = u.post(START, {"session_type": "voice"}, **key)
+    assert again.status_code == 409 and again.json() == refused.json()
+    assert [s["session_id"] for s in u.get("/api/live/sessions").json()["items"]] == [active]
+    # The same key for another request is still a conflict; a new key starts a session.
+    problem_of(u.post(START, {"session_type": "avatar"}, **key), 409, "conflict")
+    assert u.post(START, {"session_type": "voice"}).status_code == 201
+
+
+def test_a_retry_may_encode_its_body_anew(stack: Stack) -> None:
+    u = stack.user()
+    key = {"Idempotency-Key": f"spaced-{secrets.token_hex(4)}", "Content-Type": "application/json"}
+    first = stack.client.post(START, content=b'{"session_type":"voice"}',
+                              headers={**u.headers, **key})
+    again = stack.client.post(START, content=b'{ "session_type" : "voice" }\n',
+                              headers={**u.headers, **key})
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json()
+
+
+def test_credentials_are_judged_before_the_body(stack: Stack) -> None:
+    """A caller without a valid credential hears 401 (or 403 without the scope), however
+    wrong the rest of the request is: the body and the query are not looked at first."""
+    client = stack.client
+    bad_bodies = {
+        START: {"session_type": "video"},
+        "/api/live/session/heartbeat": {},
+        END: {"session_id": 5},
+        "/api/live/api-keys": {"scopes": []},
+        "/api/live/transcripts": {},
+        "/api/integration/grant": {"subject": 1},
+        "/api/integration/verify": {"token": 5},
+        "/api/integration/revoke": {},
+        "/api/integration/revoke-all": {"issued_before": "never"},
+    }
+    for path, body in bad_bodies.items():
+        r = client.post(path, json=body)
+        problem_of(r, 401, "unauthenticated")
+        assert "WWW-Authenticate" in r.headers, path
+        r = client.post(path, content=b"{not json", headers={"Content-Type": "application/json"})
+        problem_of(r, 401, "unauthenticated")
+    problem_of(client.put("/api/live/profile/nickname", json={"nickname": ""}), 401,
+               "unauthenticated")
+    for path in ("/api/live/sessions?limit=0", "/api/live/transcripts?limit=0",
+                 "/api/live/transcripts?since=junk", "/api/audit/events?limit=0"):
+        problem_of(client.get(path), 401, "unauthenticated")
+    reader = stack.user("live:read")
+    problem_of(reader.post(START, {"session_type": "video"}), 403, "insufficient_scope")
+    problem_of(reader.post(END, {}), 403, "insufficient_scope")
+    writer = stack.user("live:write")
+    problem_of(writer.get("/api/live/transcripts?limit=0"), 403, "insufficient_scope")

@@ -17,6 +17,8 @@ SECURITY_HEADERS = ("cache-control", "x-content-type-options", "x-frame-options"
     [
         ("GET", "/api/live/no-such-route", 404),
         ("GET", "/nothing/at/all", 404),
+        ("GET", "/schema/redoc", 404),  # a documentation page that is not served
+        ("GET", "/schema/no/such/page", 404),
         ("POST", "/api/live/quota", 405),
         ("DELETE", "/api/live/session/start", 405),
         ("GET", "/api/live/quota", 401),

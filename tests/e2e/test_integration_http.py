@@ -85,6 +85,8 @@ def test_grant_and_verify_introspection(stack: Stack) -> None:
     claims = jwt.decode(issued["token"], public, algorithms=["EdDSA"],
                         audience="xentree-live-embed")
     assert claims["jti"] == issued["jti"] and claims["nbf"] == claims["iat"]
+    # expires_at is the token's exp to the second, not a moment after it.
+    assert datetime.fromisoformat(issued["expires_at"]).timestamp() == claims["exp"]
 
     fp = stack.client.get(f"/api/integration/fingerprint?tenantId={admin.tenant}")
     assert fp.status_code == 200, fp.text
@@ -131,7 +133,11 @@ def test_grant_validation(stack: Stack) -> None:
 def test_a_caller_grants_only_scopes_it_holds(stack: Stack) -> None:
     reader = stack.user("integration:manage live:read")
     grant(reader, scopes=["live:read"])
-    problem_of(reader.post(GRANT, {"subject": "e", "scopes": ["live:write"]}), 422,
+    refused = problem_of(reader.post(GRANT, {"subject": "e", "scopes": ["live:write"]}), 403,
+                         "insufficient_scope")
+    assert refused["scope"] == "live:write"
+    # A scope no integration token may hold is a bad value, whoever asks.
+    problem_of(reader.post(GRANT, {"subject": "e", "scopes": ["audit:read"]}), 422,
                "invalid_request")
 
 
@@ -206,6 +212,32 @@ def test_rotate_revokes_the_old_jti_and_keeps_subject_and_scopes(stack: Stack) -
     # The old token cannot be rotated twice.
     problem_of(admin.post(ROTATE, {"token": old["token"]}), 404, "not_found")
     problem_of(admin.post(ROTATE, {"token": "garbage"}), 404, "not_found")
+
+
+def test_a_retried_rotation_answers_the_first_new_token(stack: Stack) -> None:
+    """The first rotation revoked the token it was given; its retry (same key, same body)
+    still answers that rotation's new token, and no third token is made."""
+    admin = stack.user(ADMIN)
+    old = grant(admin, subject="embed-rr")
+    key = {"Idempotency-Key": "rotate-once"}
+    first = admin.post(ROTATE, {"token": old["token"]}, **key)
+    again = admin.post(ROTATE, {"token": old["token"]}, **key)
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert verify(admin, first.json()["token"])["active"] is True
+    problem_of(admin.post(ROTATE, {"token": first.json()["token"]}, **key), 409, "conflict")
+
+
+def test_a_signing_key_rotation_takes_no_fields(stack: Stack) -> None:
+    admin = stack.user(ADMIN)
+    r = admin.post(KEYS_ROTATE, {"x": 1})
+    assert problem_of(r, 422, "invalid_request")["field"] == "x"
+    r = stack.client.post(KEYS_ROTATE, content=b"{bad", headers={
+        **admin.headers, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    kid = grant(admin)["kid"]
+    assert admin.post(KEYS_ROTATE, {}).status_code == 200
+    assert grant(admin)["kid"] != kid
 
 
 def test_idempotent_grant_replays_the_same_token(stack: Stack) -> None:
@@ -416,13 +448,18 @@ def test_coercible_values_of_the_wrong_type_are_refused(stack: Stack) -> None:
 @pytest.mark.parametrize(
     "value", [5, None, True, 1.5, [], ["a.b.c"], {"token": "a.b.c"}], ids=range(7)
 )
-def test_verify_of_any_non_token_value_is_inactive(stack: Stack, value: object) -> None:
+def test_verify_of_a_token_that_is_not_a_string_is_a_bad_body(
+    stack: Stack, value: object
+) -> None:
+    """RFC 7662's token is a string: any other JSON value is a body of the wrong type
+    (422 naming the field), while any string at all is introspected."""
     admin = stack.user(ADMIN)
     r = admin.post(VERIFY, {"token": value})
-    assert r.status_code == 200, r.text
-    assert r.json() == {"active": False}
+    assert problem_of(r, 422, "invalid_request")["field"] == "token"
     for name in RATE_HEADERS:
         assert name in r.headers, name
+    r = admin.post(VERIFY, {"token": str(value)})
+    assert r.status_code == 200 and r.json() == {"active": False}, r.text
 
 
 def test_verify_takes_the_rfc_7662_type_hint(stack: Stack) -> None:

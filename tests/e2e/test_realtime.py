@@ -218,10 +218,10 @@ def test_a_conversation_is_bridged_metered_and_its_transcript_stored(stack: Stac
         sock.wait_for("transcript.completed", role="ai")
         # The same half second as base64 in JSON.
         pcm = base64.b64encode(b"\x01\x00" * 8000).decode()
-        sock.send("input_audio.append", audio=pcm)
-        assert sock.wait_for("transcript.completed", role="user")["text"] == (
-            "(audio, 0.50 seconds)"
-        )
+        appended = sock.send("input_audio.append", audio=pcm)
+        heard = sock.wait_for("transcript.completed", role="user")
+        assert heard["text"] == "(audio, 0.50 seconds)"
+        assert heard["reply_to"] == appended, "the line answers the audio it was heard in"
         sock.wait_for("transcript.completed", role="ai")
         beat = sock.send("session.heartbeat")
         updated = sock.wait_for("quota.updated", reply_to=beat)
@@ -269,6 +269,8 @@ def test_quota_runs_out_mid_turn(stack: Stack) -> None:
         sock.send("input_text", text=" ".join(["word"] * 400))
         exceeded = sock.wait_for("quota.exceeded", timeout=10)
         late = time.time() - ends_at.timestamp()
+        assert exceeded["remaining_seconds"] == 0
+        assert exceeded["session_id"] == started["session_id"]
         ended = sock.wait_for("session.ended")
         assert sock.events.index(exceeded) < sock.events.index(ended)
         assert ended["reason"] == "quota_exceeded"
@@ -281,6 +283,10 @@ def test_quota_runs_out_mid_turn(stack: Stack) -> None:
     last = transcript["transcripts"][-1]
     assert last["role"] == "ai" and last["interrupted"] is True
     assert last["text"].startswith("I heard 400 words:")
+    # Cut off by the end, so said by the end.
+    said, ended_at = (datetime.fromisoformat(t) for t in (
+        last["timestamp"], transcript["session_ended_at"]))
+    assert said <= ended_at
     # The quota is gone: the next start is refused on the socket, with a close code.
     with open_socket(stack, user) as sock:
         sock.send("session.start", session_type="voice")

@@ -170,6 +170,10 @@ def test_credentials(stack: Stack) -> None:
     key = {"X-API-Key": r.json()["key"]}
     r = stack.client.post(TRANSCRIPTS, json=SEED, headers=key)
     assert "api key" in problem_of(r, 403, "insufficient_scope")["detail"]
+    # Refused for the credential, whatever the body.
+    for body in ({}, {"transcripts": "x"}):
+        r = stack.client.post(TRANSCRIPTS, json=body, headers=key)
+        problem_of(r, 403, "insufficient_scope")
 
     settings = load_settings(stack.env)
     service = {
@@ -330,3 +334,26 @@ def test_a_body_over_the_limit_answers_413(stack: Stack) -> None:
     for entry in body["transcripts"]:
         entry["text"] = "x" * 10_000  # about 3 MB in all, over the 2 MiB default
     problem_of(u.post(TRANSCRIPTS, body), 413, "payload_too_large")
+
+
+def test_conversations_that_started_together_list_the_last_stored_first(stack: Stack) -> None:
+    """The seed's payload posted several times: the same start, so the newest stored comes
+    first, and pages of one keep that order with no duplicate and no gap."""
+    u = stack.user()
+    stored = []
+    for _ in range(5):
+        r = u.post(TRANSCRIPTS, SEED)
+        assert r.status_code == 201, r.text
+        stored.append(r.json()["transcript_id"])
+    position = r.headers["X-Event-Position"]
+    listed = u.get(TRANSCRIPTS, headers={"X-Min-Position": position}).json()["items"]
+    assert [t["transcript_id"] for t in listed] == stored[::-1]
+    paged, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = u.get(TRANSCRIPTS, params=params).json()
+        paged += [t["transcript_id"] for t in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == stored[::-1]

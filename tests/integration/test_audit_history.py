@@ -11,12 +11,14 @@ from uuid import uuid4
 import msgspec
 import psycopg
 import pytest
+from psycopg import sql as psql
 
 from adapters.bootstrap import build_application
 from adapters.eventstore.chain import event_digest, stored_timestamp, verify
 from adapters.eventstore.schema import migrate
 from application.live import LiveApplication
-from application.settings import Settings
+from application.settings import Settings, parse_database_url
+from ops.launcher import log_in_as_app_role
 from tests.support.audit import APP_ROLE, as_app_role, cli, one_session, principal
 from tests.support.clock import Clock
 from tests.support.services import scratch_database
@@ -65,6 +67,24 @@ def scratch(database_url: str, tmp_path: Path) -> Iterator[tuple[str, LiveApplic
             yield url, a
         finally:
             a.close()
+
+
+def test_the_dev_stack_logs_its_apps_in_as_the_app_role(
+    settings: Settings, own_database: str
+) -> None:
+    """`./ops/run` (its own server): the apps log in as the role itself, so not even a
+    statement they could be tricked into running switches back to the owner."""
+    env = log_in_as_app_role({"XENTREE_DATABASE_ROLE": APP_ROLE}, own_database)
+    assert env["XENTREE_DATABASE_ROLE"] == ""
+    owner = parse_database_url(own_database).user
+    with psycopg.connect(env["XENTREE_DATABASE_URL"], autocommit=True) as conn:
+        assert conn.execute("SELECT current_user, session_user").fetchone() == (
+            APP_ROLE, APP_ROLE)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(psql.SQL("SET ROLE {}").format(psql.Identifier(owner)))
+        for statement in CHANGES:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
 
 
 def test_the_application_connects_as_a_role_that_cannot_change_history(

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from adapters.integration.vault import SealedKeyError, parse_master_key, seal, unseal
 from adapters.ratelimit import Policy, RateLimiter, RateLimitState
-from domain.errors import InvalidValue
+from domain.errors import InvalidValue, ScopeNotHeld
 from domain.integration import check_grant, check_revoke_reason, published_until, token_claims
 from domain.integration_grant import IntegrationGrant
 from domain.integration_tenant import IntegrationTenant
@@ -53,8 +53,9 @@ def test_check_grant_refuses(scopes: list[str], ttl: int, field: str) -> None:
 
 
 def test_a_grant_never_holds_more_than_its_granter() -> None:
-    with pytest.raises(InvalidValue):
+    with pytest.raises(ScopeNotHeld) as caught:
         check_grant(["live:write"], 120, frozenset({"integration:manage", "live:read"}))
+    assert caught.value.scope == "live:write"
 
 
 @given(st.integers(min_value=30, max_value=600), st.integers(min_value=0, max_value=999_999))

@@ -57,7 +57,8 @@ def test_client_events_decode_by_type() -> None:
         ("[1, 2]", "malformed", None),
         ('{"type": 5}', "malformed", None),
         ('{"type":"nope","event_id":"e1"}', "unknown_event", "e1"),
-        ('{"event_id":"e2"}', "unknown_event", "e2"),
+        ('{"event_id":"e2"}', "malformed", "e2"),  # no type at all
+        ("{}", "malformed", None),
         ('{"type":"input_text","event_id":"e3"}', "invalid_event", "e3"),
         ('{"type":"input_text","text":""}', "invalid_event", None),
         ('{"type":"session.start","session_type":"video"}', "invalid_event", None),
