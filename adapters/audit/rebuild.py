@@ -28,6 +28,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from adapters.audit.fold import fold, normal
 from adapters.audit.history import History, head
+from adapters.projector.notices import announce_flush
 from adapters.projector.runner import (
     PROJECTIONS,
     ProjectionSpec,
@@ -220,6 +221,8 @@ def rebuild(
         fold(spec, counted(history.envelopes(upto)), rows)
         upsert_rows(conn, spec, {k: v for k, v in rows.items() if before.get(k) is not v}, shadow)
         _swap(conn, table, shadow)
+        if name == "quota":
+            announce_flush(conn)  # the API's in-memory quota rows are of the old table
     return RebuildReport(
         projection=name,
         rows=len(rows),

@@ -12,7 +12,6 @@ from adapters.auth.scopes import LIVE_READ
 from adapters.http.auth import principal_of, requires
 from adapters.http.commands import min_position, services_of
 from adapters.http.schemas import READ_PROBLEMS
-from adapters.readmodels import quota_with_watermark
 from domain.periods import period_bounds
 
 
@@ -46,12 +45,7 @@ class QuotaController(Controller):
         wanted = min_position(request)
 
         start, end = period_bounds(services.now())
-        if wanted is not None:
-            await services.read_mark("quota", wanted)
-        async with services.aread() as conn:
-            mark, row = await quota_with_watermark(
-                conn, principal.tenant_id, principal.user_id, start
-            )
+        mark, row = await services.quota(principal.tenant_id, principal.user_id, start, wanted)
         if row is None or row["period_start"] != start:
             # No usage yet this period: the whole entitlement of the plan the user is on,
             # the one their latest period ended with (the default plan for a new user).

@@ -25,8 +25,9 @@ from adapters.http.problems import Unavailable
 from adapters.integration.store import IntegrationStore
 from adapters.integration.tokens import IntegrationTokenVerifier, TokenSigner
 from adapters.integration.vault import SealedKeyVault
+from adapters.quota_cache import QuotaCache
 from adapters.ratelimit import RateLimiter, integration_policies
-from adapters.readmodels import async_watermark, watermark
+from adapters.readmodels import async_watermark, quota_with_watermark, watermark
 from application.live import LiveApplication
 from application.principal import Principal
 from application.settings import Settings, parse_database_url
@@ -89,12 +90,18 @@ class Services:
     writes: RecentWrites = field(default_factory=RecentWrites)
     # Reads on the event loop (no thread per read), opened by `start` in the API's loop.
     async_reads: AsyncReads | None = None
+    # The quota read model in memory, kept coherent by the projector's notifications.
+    quota_cache: QuotaCache | None = None
 
     async def start(self) -> None:
         if self.async_reads is not None:
             await self.async_reads.open()
+        if self.quota_cache is not None:
+            await self.quota_cache.start()
 
     async def stop(self) -> None:
+        if self.quota_cache is not None:
+            await self.quota_cache.stop()
         if self.async_reads is not None:
             await self.async_reads.close()
 
@@ -104,6 +111,35 @@ class Services:
             raise RuntimeError("these services have no async read pool")
         async with self.async_reads.connection() as conn:
             yield conn
+
+    async def quota(
+        self, tenant_id: str, user_id: str, period_start: datetime, wanted: ReadAfter | None
+    ) -> tuple[int, dict[str, Any] | None]:
+        """The user's latest quota row up to the period (see `quota_with_watermark`) and
+        the watermark it is known at, once that has reached `wanted` (bounded): from the
+        in-memory cache while it listens, else from PostgreSQL."""
+
+        async def fetch() -> tuple[int, dict[str, Any] | None]:
+            async with self.aread() as conn:
+                return await quota_with_watermark(conn, tenant_id, user_id, period_start)
+
+        cache = self.quota_cache
+        if cache is not None and cache.listening:
+            if wanted is not None and not await cache.wait_for(
+                wanted.position, self._wait_seconds(wanted)
+            ) and cache.listening:
+                self._late("quota", wanted, cache.mark)
+            if cache.listening:
+                return await cache.read((tenant_id, user_id, period_start), fetch)
+        deadline = time.monotonic() + self._wait_seconds(wanted)
+        while True:
+            mark, row = await fetch()
+            if wanted is None or mark >= wanted.position or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        if wanted is not None and mark < wanted.position:
+            self._late("quota", wanted, mark)
+        return mark, row
 
     async def read_mark(self, projection: str, wanted: ReadAfter | None) -> int:
         """The projection's watermark (the `as_of` of a read), after waiting (bounded) for
@@ -201,4 +237,5 @@ def build_services(settings: Settings) -> Services:
         rate_limiter=RateLimiter(async_reads.connection, integration_policies(settings)),
         database=DatabaseHealth(conninfo).start(),
         async_reads=async_reads,
+        quota_cache=QuotaCache(conninfo),
     )

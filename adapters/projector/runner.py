@@ -38,6 +38,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
+from adapters.projector.notices import announce
 from adapters.relay.envelope import Envelope, decode
 from adapters.relay.relay import relay_position
 from adapters.relay.topic import TopicMissing, ensure_topic, new_admin, topic_id
@@ -227,19 +228,22 @@ class Projector:
         }
         conn = self._connection()
         with conn.transaction():
-            for name in self.names:
-                self._apply(conn, self.specs[name], envelopes)
+            changed = {name: self._apply(conn, self.specs[name], envelopes)
+                       for name in self.names}
             self._record_progress(conn, progress)
+            if "quota" in changed:
+                announce(conn, projection_watermark(conn, "quota"), changed["quota"])
         for name, partitions in progress.items():
             self._progress[name].update(partitions)
 
     def _apply(
         self, conn: psycopg.Connection[Any], spec: ProjectionSpec[Any],
         envelopes: Iterable[Envelope],
-    ) -> None:
+    ) -> set[UUID]:
+        """Apply the events of `spec`'s aggregate type; the keys of the rows changed."""
         relevant = [e for e in envelopes if e.aggregatetype == spec.aggregate_type]
         if not relevant:
-            return
+            return set()
         rows = self._load_rows(conn, spec, {UUID(e.subject) for e in relevant})
         changed: dict[UUID, Any] = {}
         for envelope in relevant:
@@ -254,6 +258,7 @@ class Projector:
                 continue
             rows[key] = changed[key] = new
         self._save_rows(conn, spec, changed)
+        return set(changed)
 
     @staticmethod
     def _load_rows(
@@ -339,11 +344,14 @@ class Projector:
         caught_up = [tp.partition for tp in behind if consumer.position(tp) >= ends[tp]]
         if not caught_up:
             return
-        conn.execute(
-            "UPDATE projection_partitions SET position = GREATEST(position, %s), "
-            "updated_at = now() WHERE projection = ANY(%s) AND partition = ANY(%s)",
-            (relayed, list(self.names), caught_up),
-        )
+        with conn.transaction():
+            conn.execute(
+                "UPDATE projection_partitions SET position = GREATEST(position, %s), "
+                "updated_at = now() WHERE projection = ANY(%s) AND partition = ANY(%s)",
+                (relayed, list(self.names), caught_up),
+            )
+            if "quota" in self.names:
+                announce(conn, projection_watermark(conn, "quota"), ())
         for progress in self._progress.values():
             for partition in caught_up:
                 position, offset = progress.get(partition, (0, -1))

@@ -1,0 +1,179 @@
+"""The quota read model kept in the API process's memory, coherent with PostgreSQL.
+
+`GET /api/live/quota` is the read clients poll. Each answer from PostgreSQL costs a round
+trip and a pool checkout; from memory it costs a dictionary lookup. Coherence comes from
+the projector: every transaction that changes quota rows or moves the quota watermark ends
+with a NOTIFY naming the ledgers it changed and the watermark after it, and a rebuild that
+swaps the table in says so (adapters/projector/notices.py).
+PostgreSQL delivers notifications in commit order once committed, so when the cache has
+heard a watermark M it has heard of every change at or below M:
+
+- an entry fetched from PostgreSQL at watermark E and not named since is the row as of
+  max(E, M) — its `as_of`;
+- an entry is stored only when no notification arrived while it was being fetched;
+- the cache raises M from notifications only, never from its own reads.
+
+While it is not listening (before its first LISTEN, or after the connection broke, when
+notifications may have been missed) it holds nothing and every read goes to PostgreSQL,
+as before; on reconnecting it starts empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import psycopg
+from psycopg.rows import dict_row
+
+from adapters.projector.notices import CHANNEL, Announcement, decode_announcement
+from adapters.readmodels import async_watermark
+from domain.ids import ledger_id
+
+log = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0)
+CAPACITY = 100_000
+APPLICATION_NAME = "xentree-live quota cache"
+
+Row = dict[str, Any] | None
+Fetch = Callable[[], Awaitable[tuple[int, Row]]]
+# A user's period: (tenant_id, user_id, period_start). Notifications name its ledger's id.
+Key = tuple[str, str, datetime]
+
+
+class QuotaCache:
+    def __init__(self, conninfo: str, capacity: int = CAPACITY) -> None:
+        self._conninfo = conninfo
+        self._capacity = capacity
+        self._entries: dict[Key, tuple[Row, int]] = {}
+        self._keys: dict[UUID, Key] = {}  # ledger id → the entry's key
+        self._listening = False
+        self._mark = 0  # the highest watermark announced
+        self._seq = 0  # notifications heard that changed rows
+        self._moved = asyncio.Event()  # set and replaced whenever the mark rises
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    @property
+    def mark(self) -> int:
+        return self._mark
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def start(self) -> None:
+        """Begin listening (from the API's event loop); waits briefly for the first LISTEN
+        so that the first requests are already answered from memory."""
+        self._task = asyncio.create_task(self._listen())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), 5)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_for(self, position: int, timeout: float) -> bool:
+        """Whether the announced watermark reached `position` within `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._mark < position and self._listening:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), left)
+        return self._mark >= position
+
+    async def read(self, key: Key, fetch: Fetch) -> tuple[int, Row]:
+        """The quota row of a user's period and the watermark it is known at: from memory,
+        or fetched (and kept when nothing changed meanwhile)."""
+        found = self._entries.get(key)
+        if found is not None:
+            row, at = found
+            return max(at, self._mark), row
+        seq, listening = self._seq, self._listening
+        mark, row = await fetch()
+        if listening and self._listening and seq == self._seq:
+            if len(self._entries) >= self._capacity:
+                self._clear()
+            self._entries[key] = (row, mark)
+            self._keys[ledger_id(*key)] = key
+        return mark, row
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._keys.clear()
+
+    # ---- the listener ---------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, connect_timeout=2, row_factory=dict_row,
+                    application_name=APPLICATION_NAME,
+                )
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+                attempt += 1
+                continue
+            try:
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    # Listening first, then the mark: nothing committed after this read
+                    # goes unheard, and everything before it is in PostgreSQL.
+                    self._raise_mark(await async_watermark(conn, "quota"))
+                    self._listening = True
+                    self._connected.set()
+                    attempt = 0
+                    async for notice in conn.notifies():
+                        self._heard(notice.payload)
+            except (psycopg.Error, OSError):
+                log.warning("quota cache: lost its notification connection; reconnecting")
+            finally:
+                # Notifications may be missed from here on: hold nothing until listening.
+                self._listening = False
+                self._clear()
+                self._seq += 1
+                self._moved.set()
+            await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
+            attempt += 1
+
+    def _heard(self, payload: str) -> None:
+        try:
+            notice = decode_announcement(payload)
+        except msgspec.DecodeError:
+            log.error("quota cache: unreadable notification %r; starting empty", payload[:80])
+            notice = Announcement(flush=True)
+        if notice.flush:
+            self._clear()
+            self._seq += 1
+            return
+        if notice.keys:
+            self._seq += 1
+            for ledger in notice.keys:
+                key = self._keys.pop(UUID(hex=ledger), None)
+                if key is not None:
+                    self._entries.pop(key, None)
+        self._raise_mark(notice.mark)
+
+    def _raise_mark(self, mark: int) -> None:
+        if mark > self._mark:
+            self._mark = mark
+            self._moved.set()
+            self._moved = asyncio.Event()
