@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar, cast
 from uuid import UUID
 
 import msgspec
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import RecordConflictError, StoredEvent
 
@@ -173,6 +173,26 @@ class LiveApplication(
         concurrent first answer under the same key wins; the caller then hears this one)."""
         if idem is not None:
             self.idempotency.put(idem.record(REFUSED, refusal_body(refusal)), None)
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[UUID]) -> None:
+        """Snapshot an aggregate that is due from memory, where it stands at the version just
+        stored, rather than the library's way of reading and replaying it from the store
+        again (a read and a replay on every 50th heartbeat). One saved past the due
+        version in the same call is left to the library."""
+        if self.snapshots is None:
+            return
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            if aggregate is None:
+                continue
+            interval = self.snapshotting_intervals.get(type(aggregate))
+            if interval is None or event.originator_version % interval:
+                continue
+            snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
+            if aggregate.version == event.originator_version and snapshot_class is not None:
+                self.snapshots.put([snapshot_class.take(aggregate)])
+            else:
+                self.take_snapshot(event.originator_id, event.originator_version)
 
     def _cache_saved(self, aggregates: Sequence[Aggregate]) -> None:
         """Saved aggregates are the freshest state there is: cache copies, so the next

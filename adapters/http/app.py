@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +33,8 @@ from adapters.http.sessions import SessionController
 from adapters.http.transcripts import TranscriptController
 from application.settings import Settings, load_settings
 
+EXECUTOR_THREADS = 40
+
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Litestar:
     settings = settings or load_settings()
@@ -38,6 +42,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned = services is None
+        # The threads of blocking work (commands on the event store): as many as anyio's
+        # default, which the API used before; the pools bound the database connections.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="xentree-api")
+        )
         app.state.services = services or build_services(settings)
         await app.state.services.start()
         # Everything built so far lives as long as the process: out of the collector's

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import anyio.to_thread
 import msgspec
 from litestar import Request, Response
 from litestar.types import Message, Scope
@@ -28,8 +29,12 @@ def services_of(request: Request[Any, Any, Any]) -> Services:
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
-    """Run blocking work (the event store, psycopg) off the event loop."""
-    return await anyio.to_thread.run_sync(fn)
+    """Run blocking work (the event store, psycopg) off the event loop, in the loop's
+    executor (the app's lifespan sizes it), with the request's context (its id, for logs).
+    Plainer than anyio's thread hop, which cost a tenth of a heartbeat's CPU."""
+    return await asyncio.get_running_loop().run_in_executor(
+        None, contextvars.copy_context().run, fn
+    )
 
 
 async def idempotency(

@@ -463,7 +463,15 @@ class Bench:
             self.st.port, requests, p.load_s, p.connections), note="wrk"),
             self.anchor["ed25519"], 0.4))
 
-    def lag(self, rate: float = 500.0) -> None:
+    def lag(self) -> None:
+        """At the target's 500 commands/s; then, for what the pipeline does when the
+        machine is not saturated, at half the heartbeat throughput this run measured."""
+        self._lag(500.0)
+        measured = getattr(getattr(self, "hb", None), "rate", None)
+        if measured:
+            self._lag(max(10.0, measured / 2), info=True)
+
+    def _lag(self, rate: float, info: bool = False) -> None:
         self._settle_pipeline()
         p = self.plan
         raw = self._hb_raw()
@@ -483,18 +491,22 @@ class Bench:
         values, missed = lags(answered, marks)
         poll_ms = 1000 * (p.lag_s + 5) / max(polls, 1)
         lag_res = LoadResult(seconds=res.seconds, latencies=values)
+        what = (f"command-to-projection lag at half the heartbeat throughput ({rate:.0f}/s)"
+                if info else f"command-to-projection lag at {rate:.0f} commands/s")
         row = Row(
-            "scenario", f"command-to-projection lag at {rate:.0f} commands/s", unit="cmd/s",
+            "info" if info else "scenario", what, unit="cmd/s",
             rate=res.rate, p50_ms=lag_res.percentile_ms(50), p99_ms=lag_res.percentile_ms(99),
-            count=len(answered), failed=res.failed + missed, target="p99 ≤ 100 ms",
+            count=len(answered), failed=res.failed + missed,
+            target="—" if info else "p99 ≤ 100 ms",
             note=f"heartbeats, open loop; command p99 {res.percentile_ms(99) or 0:.0f} ms; "
                  f"{res.dropped} dropped; watermark polled every {poll_ms:.1f} ms; "
                  f"{missed} positions never reached",
         )
-        row.passed = (
-            row.p99_ms is not None and row.p99_ms <= 100 and missed == 0
-            and res.rate >= 0.95 * rate
-        )
+        if not info:
+            row.passed = (
+                row.p99_ms is not None and row.p99_ms <= 100 and missed == 0
+                and res.rate >= 0.95 * rate
+            )
         self.add(row)
 
     def rebuild(self) -> None:

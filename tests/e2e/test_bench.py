@@ -56,6 +56,9 @@ def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     for prefix in SCENARIOS:
         [row] = [r for r in rows if r["name"].startswith(prefix)]
         assert row["result"] in ("pass", "**miss**") and row["rate"] is not None, prefix
+    # The lag of a pipeline that is not saturated, beside the target's fixed rate.
+    [half] = [r for r in rows if r["name"].startswith("command-to-projection lag at half")]
+    assert half["group"] == "info" and half["rate"] > 0 and half["p99_ms"] is not None
     growth = [r for r in rows if r["group"] == "growth"]
     assert {r["name"].split(" p99")[0] for r in growth} == {"heartbeat", "quota read"}
     assert [r for r in growth if r["ratio"] is not None]  # the later level against the first

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 import msgspec
 import psycopg
@@ -265,3 +266,31 @@ def test_a_session_end_is_heard_once_it_commits(
     finally:
         stop.set()
         follower.join(timeout=5)
+
+
+def test_snapshots_taken_from_memory_load_the_same_state(
+    settings: Settings, app: LiveApplication
+) -> None:
+    """Session and ledger are snapshotted every 50 events from the aggregates in memory; a
+    fresh application (no cache) loads them through those snapshots to the same state."""
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    for _ in range(60):
+        clock.advance(1)
+        app.heartbeat(p, sid, clock)
+    fresh = build_application(settings)
+    try:
+        assert fresh.session_view(p, sid) == app.session_view(p, sid)
+        session = fresh.repository.get(UUID(sid))
+        ledger = fresh.ledger_for(p.tenant_id, p.user_id, clock())
+        assert session.version == 61 and ledger.version > 50
+        assert ledger.used_seconds == 60
+        snapshots = fresh.snapshots
+        assert snapshots is not None
+        for aggregate in (session, ledger):
+            (stored,) = snapshots.get(aggregate.id, desc=True, limit=1)
+            assert stored.originator_version == 50
+            assert type(aggregate).Snapshot.take(app.repository.get(
+                aggregate.id, version=50)).state == stored.state
+    finally:
+        fresh.close()
