@@ -14,7 +14,7 @@ from adapters.auth.api_keys import (
     hash_api_key,
 )
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http.auth import BEARER_ONLY, principal_of, requires
+from adapters.http.auth import BEARER_ONLY, guarded, principal_of
 from adapters.http.commands import idempotency, in_thread, respond, services_of
 from adapters.http.schemas import KEY_PROBLEMS
 from application.results import ApiKeyInfo, ApiKeyIssued
@@ -34,7 +34,7 @@ class ApiKeyController(Controller):
     tags = ["api-keys"]
 
     @post("/", operation_id="createApiKey", status_code=201, responses=KEY_PROBLEMS,
-          before_request=requires(LIVE_WRITE, BEARER_ONLY))
+          **guarded(LIVE_WRITE, BEARER_ONLY))
     async def create(
         self, request: Request[Any, Any, Any], data: CreateKey
     ) -> Response[ApiKeyIssued]:
@@ -62,7 +62,7 @@ class ApiKeyController(Controller):
         return respond(answer)
 
     @get("/", operation_id="listApiKeys", responses=KEY_PROBLEMS,
-         before_request=requires(LIVE_READ, BEARER_ONLY))
+         **guarded(LIVE_READ, BEARER_ONLY))
     async def list_keys(self, request: Request[Any, Any, Any]) -> KeyList:
         services = services_of(request)
         principal = principal_of(request)
@@ -84,7 +84,7 @@ class ApiKeyController(Controller):
 
     @delete(
         "/{key_id:str}", operation_id="revokeApiKey", status_code=200, responses=KEY_PROBLEMS,
-        before_request=requires(LIVE_WRITE, BEARER_ONLY),
+        **guarded(LIVE_WRITE, BEARER_ONLY),
     )
     async def revoke(self, request: Request[Any, Any, Any], key_id: str) -> Response[ApiKeyInfo]:
         services = services_of(request)

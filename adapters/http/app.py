@@ -13,6 +13,7 @@ from litestar import Litestar, Request, Response, Router
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components
 
 from adapters.http.api_keys import ApiKeyController
 from adapters.http.audit import (
@@ -20,6 +21,7 @@ from adapters.http.audit import (
     EventSchemaController,
     PublishedSchemaController,
 )
+from adapters.http.auth import SECURITY_SCHEMES
 from adapters.http.commands import remember_writes
 from adapters.http.demo import DemoController
 from adapters.http.health import HealthController
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         openapi_config=OpenAPIConfig(
             title="Xentree Live",
             version="0.1.0",
+            components=Components(security_schemes=SECURITY_SCHEMES),
             path="/schema",
             render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")],
             openapi_router=Router(

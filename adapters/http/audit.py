@@ -20,7 +20,7 @@ from adapters.audit import event_schemas
 from adapters.audit.history import History, Selection, head
 from adapters.audit.replay import replay
 from adapters.auth.scopes import AUDIT_READ
-from adapters.http.auth import principal_of, requires
+from adapters.http.auth import guarded, principal_of
 from adapters.http.commands import in_thread, services_of
 from adapters.http.problems import BadRequest
 from adapters.http.schemas import READ_PROBLEMS
@@ -74,7 +74,7 @@ class AuditController(Controller):
         operation_id="exportAuditEvents",
         responses=READ_PROBLEMS,
         summary="Stored events as CloudEvents envelopes, in position order",
-        before_request=requires(AUDIT_READ),
+        **guarded(AUDIT_READ),
     )
     async def events(
         self,
@@ -107,7 +107,7 @@ class AuditController(Controller):
         operation_id="replayAudit",
         responses=READ_PROBLEMS,
         summary="A user's read models (quota, sessions, ...) as they stood at `until`",
-        before_request=requires(AUDIT_READ),
+        **guarded(AUDIT_READ),
     )
     async def replay(
         self,

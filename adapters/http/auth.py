@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from litestar import Request
+from litestar.openapi.spec import Reference, SecurityRequirement, SecurityScheme
 
 from adapters.auth.api_keys import has_valid_shape, hash_api_key
 from adapters.auth.errors import (
@@ -46,6 +47,40 @@ async def authenticate(
     return principal
 
 
+# The OpenAPI security schemes, one per way of presenting a credential (an integration
+# token is a bearer token); the service flow needs both of its headers.
+SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "bearer": SecurityScheme(
+        type="http", scheme="bearer", bearer_format="JWT",
+        description="A user access token of the identity provider, or an integration token",
+    ),
+    "apiKey": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header"),
+    "serviceKey": SecurityScheme(
+        type="apiKey", name="X-Service-Key", security_scheme_in="header",
+        description="Internal services only, with X-On-Behalf-Of",
+    ),
+    "onBehalfOf": SecurityScheme(
+        type="apiKey", name="X-On-Behalf-Of", security_scheme_in="header",
+        description="`tenant_id/user_id` of the user a service acts for",
+    ),
+}
+_REQUIREMENTS: dict[CredentialKind, SecurityRequirement] = {
+    "bearer": {"bearer": []},
+    "integration": {"bearer": []},
+    "api_key": {"apiKey": []},
+    "service": {"serviceKey": [], "onBehalfOf": []},
+}
+
+
+def security_for(accept: Collection[CredentialKind]) -> list[SecurityRequirement]:
+    """The OpenAPI security requirements of a route taking these kinds of credential."""
+    requirements: list[SecurityRequirement] = []
+    for kind in accept:
+        if _REQUIREMENTS[kind] not in requirements:
+            requirements.append(_REQUIREMENTS[kind])
+    return requirements
+
+
 def requires(
     scope: str, accept: Collection[CredentialKind] = ALL
 ) -> Callable[[Request[Any, Any, Any]], Awaitable[None]]:
@@ -60,6 +95,16 @@ def requires(
         await authenticate(request, services, scope, accept)
 
     return hook
+
+
+def guarded(scope: str, accept: Collection[CredentialKind] = ALL) -> dict[str, Any]:
+    """A route decorator's arguments for a guarded route: the `requires` hook, and the
+    same credentials declared in the OpenAPI document (with the scope in words)."""
+    return {
+        "before_request": requires(scope, accept),
+        "security": security_for(accept),
+        "description": f"Requires the `{scope}` scope.",
+    }
 
 
 def principal_of(request: Request[Any, Any, Any]) -> Principal:

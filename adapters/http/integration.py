@@ -18,7 +18,7 @@ from adapters.auth.errors import AuthenticationError, CredentialNotAccepted, Ins
 from adapters.auth.identifiers import MAX_IDENTIFIER_LENGTH, is_valid_identifier
 from adapters.auth.jwk import jwk_thumbprint, key_from_jwk
 from adapters.auth.scopes import INTEGRATION_MANAGE, INTEGRATION_VERIFY
-from adapters.http.auth import BEARER_ONLY, authenticate, principal_of, requires
+from adapters.http.auth import BEARER_ONLY, authenticate, guarded, principal_of, security_for
 from adapters.http.bodies import invalid_body, strict
 from adapters.http.commands import idempotency, in_thread, respond, services_of
 from adapters.http.problems import BadRequest, Problem, rate_limit_headers
@@ -189,6 +189,8 @@ class IntegrationController(Controller):
         status_code=201,
         responses=_PROBLEMS,
         before_request=_counted("grant", INTEGRATION_MANAGE),
+        security=security_for(BEARER_ONLY),
+        description=f"Requires the `{INTEGRATION_MANAGE}` scope; rate limited per tenant.",
         summary="Grant a short-lived integration token for an embed user",
     )
     async def grant(
@@ -213,6 +215,8 @@ class IntegrationController(Controller):
         status_code=200,
         responses=_PROBLEMS,
         before_request=_counted("verify", INTEGRATION_VERIFY),
+        security=security_for(BEARER_ONLY),
+        description=f"Requires the `{INTEGRATION_VERIFY}` scope; rate limited per tenant.",
         summary="Introspect a token (RFC 7662): active or not, never why",
     )
     async def verify(
@@ -233,6 +237,8 @@ class IntegrationController(Controller):
         status_code=201,
         responses=_PROBLEMS,
         before_request=_counted("rotate", INTEGRATION_MANAGE),
+        security=security_for(BEARER_ONLY),
+        description=f"Requires the `{INTEGRATION_MANAGE}` scope; rate limited per tenant.",
         summary="Replace an active token by a new one; the old jti is revoked atomically",
     )
     async def rotate(
@@ -263,7 +269,7 @@ class IntegrationController(Controller):
         status_code=200,
         responses=_PROBLEMS,
         summary="Revoke a token by token or jti; immediate on every API process",
-        before_request=requires(INTEGRATION_MANAGE, BEARER_ONLY),
+        **guarded(INTEGRATION_MANAGE, BEARER_ONLY),
     )
     async def revoke(
         self, request: Request[Any, Any, Any], data: RevokeRequest
@@ -296,7 +302,7 @@ class IntegrationController(Controller):
         status_code=200,
         responses=_PROBLEMS,
         summary="Revoke every grant of the tenant issued before an instant",
-        before_request=requires(INTEGRATION_MANAGE, BEARER_ONLY),
+        **guarded(INTEGRATION_MANAGE, BEARER_ONLY),
     )
     async def revoke_all(
         self, request: Request[Any, Any, Any], data: RevokeAllRequest
@@ -321,7 +327,7 @@ class IntegrationController(Controller):
         responses=_PROBLEMS,
         summary="Make a new signing key current; the old one stays published until its "
         "tokens have expired",
-        before_request=requires(INTEGRATION_MANAGE, BEARER_ONLY),
+        **guarded(INTEGRATION_MANAGE, BEARER_ONLY),
     )
     async def rotate_key(self, request: Request[Any, Any, Any]) -> Response[SigningKeyRotated]:
         services = services_of(request)

@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, get, put
 from litestar.exceptions import ValidationException
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http.auth import principal_of, requires
+from adapters.http.auth import guarded, principal_of
 from adapters.http.bodies import invalid_body
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.schemas import NICKNAME_PROBLEMS, READ_PROBLEMS
@@ -37,7 +37,7 @@ class ProfileController(Controller):
     exception_handlers = {ValidationException: invalid_body}
 
     @get("/", operation_id="getProfile", responses=READ_PROBLEMS, summary="The caller's profile",
-         before_request=requires(LIVE_READ))
+         **guarded(LIVE_READ))
     async def profile(self, request: Request[Any, Any, Any]) -> ProfileView:
         services = services_of(request)
         principal = principal_of(request)
@@ -64,7 +64,7 @@ class ProfileController(Controller):
         status_code=200,
         responses=NICKNAME_PROBLEMS,
         summary="Change the caller's nickname (trimmed, NFC, 1-32 characters)",
-        before_request=requires(LIVE_WRITE),
+        **guarded(LIVE_WRITE),
     )
     async def set_nickname(
         self, request: Request[Any, Any, Any], data: NicknameRequest

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Request, get
 
 from adapters.auth.scopes import LIVE_READ
-from adapters.http.auth import principal_of, requires
+from adapters.http.auth import guarded, principal_of
 from adapters.http.commands import min_position, services_of
 from adapters.http.schemas import READ_PROBLEMS
 from domain.periods import period_bounds
@@ -38,7 +38,7 @@ class QuotaController(Controller):
     tags = ["quota"]
 
     @get("/", operation_id="getQuota", responses=READ_PROBLEMS, summary="The caller's quota",
-         before_request=requires(LIVE_READ))
+         **guarded(LIVE_READ))
     async def quota(self, request: Request[Any, Any, Any]) -> QuotaView:
         services = services_of(request)
         principal = principal_of(request)

@@ -12,7 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http.auth import principal_of, requires
+from adapters.http.auth import guarded, principal_of
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.integration import end_if_token_revoked
 from adapters.http.problems import BadRequest
@@ -96,7 +96,7 @@ class SessionController(Controller):
         status_code=201,
         responses=COMMAND_PROBLEMS,
         summary="Start a live session",
-        before_request=requires(LIVE_WRITE),
+        **guarded(LIVE_WRITE),
     )
     async def start(
         self, request: Request[Any, Any, Any], data: StartRequest
@@ -119,7 +119,7 @@ class SessionController(Controller):
         status_code=200,
         responses=COMMAND_PROBLEMS,
         summary="Bill the session up to now and keep it alive",
-        before_request=requires(LIVE_WRITE),
+        **guarded(LIVE_WRITE),
     )
     async def heartbeat(
         self, request: Request[Any, Any, Any], data: SessionRef
@@ -138,7 +138,7 @@ class SessionController(Controller):
         status_code=200,
         responses=COMMAND_PROBLEMS,
         summary="End the session (idempotent)",
-        before_request=requires(LIVE_WRITE),
+        **guarded(LIVE_WRITE),
     )
     async def end(
         self, request: Request[Any, Any, Any], data: EndRequest
@@ -158,7 +158,7 @@ class SessionController(Controller):
         operation_id="listSessions",
         responses=READ_PROBLEMS,
         summary="The caller's sessions, newest first",
-        before_request=requires(LIVE_READ),
+        **guarded(LIVE_READ),
     )
     async def list_sessions(
         self,
@@ -187,7 +187,7 @@ class SessionController(Controller):
         operation_id="getSession",
         responses=READ_PROBLEMS,
         summary="One of the caller's sessions",
-        before_request=requires(LIVE_READ),
+        **guarded(LIVE_READ),
     )
     async def get_session(self, request: Request[Any, Any, Any], session_id: str) -> SessionView:
         services = services_of(request)

@@ -15,7 +15,7 @@ from litestar.params import Parameter
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http import cursor as cursors
-from adapters.http.auth import NOT_API_KEY, principal_of, requires
+from adapters.http.auth import NOT_API_KEY, guarded, principal_of
 from adapters.http.bodies import invalid_body, strict
 from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
 from adapters.http.problems import BadRequest
@@ -145,7 +145,7 @@ class TranscriptController(Controller):
         status_code=201,
         responses=TRANSCRIPT_PROBLEMS,
         summary="Store a conversation's transcript (bearer or service key)",
-        before_request=requires(LIVE_WRITE, NOT_API_KEY),
+        **guarded(LIVE_WRITE, NOT_API_KEY),
     )
     async def store(
         self, request: Request[Any, Any, Any], data: TranscriptIn
@@ -176,7 +176,7 @@ class TranscriptController(Controller):
         operation_id="listTranscripts",
         responses=READ_PROBLEMS,
         summary="The caller's transcripts, newest conversation first",
-        before_request=requires(LIVE_READ),
+        **guarded(LIVE_READ),
     )
     async def list_transcripts(
         self,
@@ -233,7 +233,7 @@ class TranscriptController(Controller):
             **READ_PROBLEMS,
         },
         summary="One of the caller's transcripts, whole",
-        before_request=requires(LIVE_READ),
+        **guarded(LIVE_READ),
     )
     async def get_transcript(
         self, request: Request[Any, Any, Any], transcript_id: str
