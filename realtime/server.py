@@ -37,6 +37,8 @@ MAX_TOKEN_LENGTH = 4096
 # that stopped reading would hold that much and be noticed only once it is full. A fixed
 # buffer bounds both; 64 KiB is two seconds of PCM16 audio at 16 kHz.
 SEND_BUFFER_BYTES = 64 * 1024
+PING_INTERVAL_SECONDS = 5
+PING_TIMEOUT_SECONDS = 10
 
 
 def _refusal(status: int, reason: str, message: str) -> Response:
@@ -123,8 +125,10 @@ class RealtimeServer:
                 max_size=settings.realtime_max_frame_bytes,
                 max_queue=16,
                 write_limit=64 * 1024,
-                ping_interval=20,
-                ping_timeout=20,
+                # A client that stops answering pings without closing (a frozen tab, a
+                # machine gone to sleep) is dropped within 15 s, not billed on for 40.
+                ping_interval=PING_INTERVAL_SECONDS,
+                ping_timeout=PING_TIMEOUT_SECONDS,
                 close_timeout=2,
                 server_header=None,
             ):

@@ -8,10 +8,14 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import os
 import re
+import signal
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -314,6 +318,46 @@ def test_a_dropped_client_is_billed_to_the_drop(stack: Stack) -> None:
     assert view["end_reason"] == "client_disconnected"
     assert abs(datetime.fromisoformat(view["ended_at"]).timestamp() - dropped_at) < 1.0
     assert view["session_seconds"] == 2
+
+
+FROZEN_CLIENT = """
+import json, sys, time
+from websockets.sync.client import connect
+ws = connect(sys.argv[1], additional_headers={"Authorization": sys.argv[2]})
+ws.send(json.dumps({"type": "session.start", "session_type": "voice"}))
+while True:
+    event = json.loads(ws.recv())
+    if event["type"] == "session.started":
+        print(event["session_id"], flush=True)
+        break
+time.sleep(600)
+"""
+
+
+def test_a_client_that_goes_silent_without_closing_is_dropped_within_seconds(
+    stack: Stack
+) -> None:
+    """A frozen client (a tab the browser suspended, a laptop gone to sleep) keeps its TCP
+    connection but answers no ping: the bridge drops it and ends the session within the
+    keepalive's bound (5 s pings, 10 s to answer), not 40 s later."""
+    user = stack.user()
+    client = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_CLIENT, realtime_url(stack),
+         user.headers["Authorization"]],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert client.stdout is not None
+        sid = client.stdout.readline().strip()
+        assert sid, "the client did not start a session"
+        os.kill(client.pid, signal.SIGSTOP)
+        frozen_at = time.time()
+        view = session_when_ended(user, sid, timeout=30)
+        assert view["end_reason"] == "client_disconnected"
+        assert datetime.fromisoformat(view["ended_at"]).timestamp() - frozen_at < 17
+    finally:
+        client.kill()
+        client.wait()
 
 
 def test_malformed_unknown_and_oversized_frames(stack: Stack) -> None:
