@@ -180,14 +180,15 @@ class Projector:
             return 0
         self.apply_records(polled)
         count = sum(len(records) for records in polled.values())
+        # Partitions with nothing new must not hold the watermark back while others are
+        # busy (a poll that is never empty would otherwise never let them advance): before
+        # the linger, so the batch just applied shows in the watermark without waiting.
+        if time.monotonic() - self._idle_advanced_at > IDLE_ADVANCE_SECONDS:
+            self._advance_idle(consumer)
         if count < self.settings.projection_batch_size and self.settings.projection_linger_ms:
             # Let more events gather before the next fetch: fewer, larger transactions
             # (and broker requests) under load, for that much more lag.
             time.sleep(self.settings.projection_linger_ms / 1000)
-        # Partitions with nothing new must not hold the watermark back while others are
-        # busy (a poll that is never empty would otherwise never let them advance).
-        if time.monotonic() - self._idle_advanced_at > IDLE_ADVANCE_SECONDS:
-            self._advance_idle(consumer)
         if time.monotonic() - self._committed_at > OFFSET_COMMIT_SECONDS:
             self._commit_offsets(consumer)
         if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
@@ -337,8 +338,9 @@ class Projector:
                 self._check_topic()
             return
         # The end offsets and our positions must be of the topic we consume: a recreated
-        # topic's offsets say nothing about what we applied from the old one.
-        self._check_topic()
+        # topic's offsets say nothing about what we applied from the old one. One check
+        # after reading them suffices: a topic's identity never comes back once replaced,
+        # so if it is still ours now, it was ours when the offsets were read.
         ends: dict[TopicPartition, int] = consumer.end_offsets(behind)
         self._check_topic()
         caught_up = [tp.partition for tp in behind if consumer.position(tp) >= ends[tp]]
