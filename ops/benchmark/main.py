@@ -412,7 +412,7 @@ class Bench:
             self.st.port, half, p.load_s, lambda i: raw[i % len(raw)]
         ))
         row = row_from("scenario", f"heartbeat p99 at half load ({half:,.0f}/s)", half_res,
-                       note=f"open loop; {half_res.dropped} dropped")
+                       note=f"open loop; {half_res.dropped} dropped{refused(half_res)}")
         row.target = "p99 ≤ 25 ms"
         row.passed = row.p99_ms is not None and row.p99_ms <= 25 and row.failed == 0
         self.add(row)
@@ -664,6 +664,14 @@ class Bench:
 
 # In the order they run: growth fills the store, which the rebuild then measures.
 SCENARIOS = ("heartbeat", "pairs", "quota", "verify", "lag", "realtime", "growth", "rebuild")
+
+
+def refused(res: LoadResult) -> str:
+    """The answers that were not 2xx, by status, when there were any (a failed row should
+    say why it failed)."""
+    bad = {status: n for status, n in sorted(res.statuses.items()) if status >= 400}
+    errors = f", {res.errors} connection errors" if res.errors else ""
+    return (f"; answered {', '.join(f'{n} x {s}' for s, n in bad.items())}" if bad else "") + errors
 
 
 def _cycle(items: list[bytes]) -> Callable[[int], bytes]:
