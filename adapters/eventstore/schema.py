@@ -131,6 +131,11 @@ CREATE TABLE IF NOT EXISTS relay_position (
     topic_id text,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- The last position published to each partition ({"partition": position}), written with
+-- `position` in one statement: a projector that has applied a partition's last event has
+-- applied all of that partition's events up to `position`, with no broker round trip.
+-- NULL (a row from before this column) means not known, until the relay starts over.
+ALTER TABLE relay_position ADD COLUMN IF NOT EXISTS partition_positions jsonb;
 
 -- Each projection's watermark per partition: every event at or below `position` on that
 -- partition has been applied. The projection's as_of is the minimum over partitions.

@@ -40,7 +40,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from adapters.projector.notices import announce
 from adapters.relay.envelope import Envelope, decode
-from adapters.relay.relay import relay_position
+from adapters.relay.relay import relay_progress
 from adapters.relay.topic import TopicMissing, ensure_topic, new_admin, topic_id
 from application.settings import Settings, parse_database_url
 from projections import profile, quota, revocations, sessions, transcripts
@@ -327,23 +327,31 @@ class Projector:
         if not assigned:
             return
         conn = self._connection()
-        relayed = relay_position(conn, self.topic)  # read before the end offsets
-        behind = [
-            tp for tp in assigned
-            if any(self._progress[n].get(tp.partition, (0, -1))[0] < relayed
-                   for n in self.names)
-        ]
+        relay = relay_progress(conn, self.topic)  # read before the end offsets, if any
+        relayed = relay.position
+        behind = [tp for tp in assigned if self._applied(tp.partition) < relayed]
         if not behind:
             if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
                 self._check_topic()
             return
-        # The end offsets and our positions must be of the topic we consume: a recreated
-        # topic's offsets say nothing about what we applied from the old one. One check
-        # after reading them suffices: a topic's identity never comes back once replaced,
-        # so if it is still ours now, it was ours when the offsets were read.
-        ends: dict[TopicPartition, int] = consumer.end_offsets(behind)
-        self._check_topic()
-        caught_up = [tp.partition for tp in behind if consumer.position(tp) >= ends[tp]]
+        if (relay.partitions is not None and relay.topic_id is not None
+                and relay.topic_id == self._topic_id):
+            # The relay says what it last published to each partition of the topic we
+            # consume: a partition whose last event up to `relayed` is applied holds
+            # nothing unapplied at or below it. No broker round trip.
+            published = relay.partitions
+            caught_up = [tp.partition for tp in behind
+                         if self._applied(tp.partition) >= published.get(tp.partition, 0)]
+            if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
+                self._check_topic()
+        else:
+            # The end offsets and our positions must be of the topic we consume: a
+            # recreated topic's offsets say nothing about what we applied from the old one.
+            # One check after reading them suffices: a topic's identity never comes back
+            # once replaced, so if it is still ours now, it was ours when they were read.
+            ends: dict[TopicPartition, int] = consumer.end_offsets(behind)
+            self._check_topic()
+            caught_up = [tp.partition for tp in behind if consumer.position(tp) >= ends[tp]]
         if not caught_up:
             return
         with conn.transaction():
@@ -358,6 +366,11 @@ class Projector:
             for partition in caught_up:
                 position, offset = progress.get(partition, (0, -1))
                 progress[partition] = (max(position, relayed), offset)
+
+    def _applied(self, partition: int) -> int:
+        """Every event of `partition` at or below this position is applied, by every read
+        model of this projector."""
+        return min(self._progress[n].get(partition, (0, -1))[0] for n in self.names)
 
     # ---- the topic and the consumer -------------------------------------------------
 

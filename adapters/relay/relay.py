@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -25,6 +26,7 @@ from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 from psycopg import sql
 from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
 
 from adapters.bootstrap import build_application, recorder_of
 from adapters.relay.envelope import Owners, encode, to_envelope
@@ -50,11 +52,31 @@ def relay_lock_key(topic: str) -> int:
 
 def relay_position(conn: psycopg.Connection[Any], topic: str) -> int:
     """How far the relay has published to `topic` (0 before it starts)."""
+    return relay_progress(conn, topic).position
+
+
+@dataclass(frozen=True)
+class RelayProgress:
+    """How far the relay has published: every event at or below `position` is in the
+    topic whose identity is `topic_id`; `partitions` holds the last position published to
+    each partition of it (a partition missing from it holds none), or is None when not
+    known (the relay has not published since it started recording them)."""
+
+    position: int
+    topic_id: str | None
+    partitions: dict[int, int] | None
+
+
+def relay_progress(conn: psycopg.Connection[Any], topic: str) -> RelayProgress:
     with conn.cursor(row_factory=tuple_row) as cur:  # callers' connections may use any
         row = cur.execute(
-            "SELECT position FROM relay_position WHERE topic = %s", (topic,)
+            "SELECT position, topic_id, partition_positions FROM relay_position "
+            "WHERE topic = %s", (topic,)
         ).fetchone()
-    return int(row[0]) if row else 0
+    if row is None:
+        return RelayProgress(0, None, None)
+    partitions = None if row[2] is None else {int(k): int(v) for k, v in row[2].items()}
+    return RelayProgress(int(row[0]), row[1], partitions)
 
 
 class Relay:
@@ -110,11 +132,12 @@ class Relay:
         )
         if not notifications:
             return 0
-        self._publish(notifications)
+        last_by_partition = self._publish(notifications)
         conn.execute(
-            "UPDATE relay_position SET position = %s, topic_id = %s, updated_at = now() "
-            "WHERE topic = %s",
-            (notifications[-1].id, topic_id, self.topic),
+            "UPDATE relay_position SET position = %s, topic_id = %s, updated_at = now(), "
+            "partition_positions = partition_positions || %s::jsonb WHERE topic = %s",
+            (notifications[-1].id, topic_id, Jsonb({str(p): n for p, n in
+                                                    last_by_partition.items()}), self.topic),
         )
         return len(notifications)
 
@@ -129,8 +152,8 @@ class Relay:
         ).fetchone()
         if row is None:
             conn.execute(
-                "INSERT INTO relay_position (topic, position, topic_id) VALUES (%s, 0, %s) "
-                "ON CONFLICT DO NOTHING",
+                "INSERT INTO relay_position (topic, position, topic_id, partition_positions) "
+                "VALUES (%s, 0, %s, '{}') ON CONFLICT DO NOTHING",
                 (self.topic, topic_id),
             )
             return 0
@@ -146,14 +169,15 @@ class Relay:
                 self.topic, stored_id, topic_id,
             )
             conn.execute(
-                "UPDATE relay_position SET position = 0, topic_id = %s, updated_at = now() "
-                "WHERE topic = %s",
+                "UPDATE relay_position SET position = 0, topic_id = %s, updated_at = now(), "
+                "partition_positions = '{}' WHERE topic = %s",
                 (topic_id, self.topic),
             )
             return 0
         return position
 
-    def _publish(self, notifications: Sequence[Notification]) -> None:
+    def _publish(self, notifications: Sequence[Notification]) -> dict[int, int]:
+        """Publish in order and wait for the acks; the last position per partition."""
         producer = self._producer_()
         futures = []
         for n in notifications:
@@ -168,8 +192,11 @@ class Relay:
                 )
             )
         producer.flush(timeout=FLUSH_TIMEOUT_SECONDS)
-        for f in futures:
-            f.get(timeout=0)  # raises the send's error, if any
+        last: dict[int, int] = {}
+        for n, f in zip(notifications, futures, strict=True):
+            sent = f.get(timeout=0)  # raises the send's error, if any
+            last[sent.partition] = n.id
+        return last
 
     def _first_event(self, originator_id: UUID | str) -> object | None:
         stored = self.app.recorder.select_events(originator_id, lte=1)

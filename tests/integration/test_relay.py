@@ -17,7 +17,7 @@ import pytest
 from adapters.bootstrap import build_application
 from adapters.eventstore.schema import migrate
 from adapters.relay.envelope import Envelope
-from adapters.relay.relay import Relay, relay_position
+from adapters.relay.relay import Relay, relay_position, relay_progress
 from application.live import LiveApplication
 from application.principal import Principal
 from application.settings import PROJECT_ROOT, Settings
@@ -126,6 +126,12 @@ def test_publishes_in_order_keyed_by_aggregate(
         assert len({p for p, _ in stream}) == 1  # one partition per aggregate
         assert [v for _, v in stream] == list(range(1, len(stream) + 1))
     assert len(by_partition) > 1
+    # With its position the relay records the last one it published to each partition:
+    # what lets a projector know a quiet partition holds nothing more, without the broker.
+    with psycopg.connect(settings.database_url) as conn:
+        progress = relay_progress(conn, settings.kafka_topic)
+    assert progress.position == published(settings)
+    assert progress.partitions == {p: max(ps) for p, ps in by_partition.items()}
 
 
 def test_resumes_after_a_crash_without_losing_events(
@@ -187,6 +193,16 @@ def test_a_recreated_topic_is_republished_from_the_start(
         reader = TopicReader(settings.kafka_bootstrap, settings.kafka_topic)
         try:
             # The broker forgot everything: all of it must come back, not just the new part.
-            reader.read_until(covers(settings, after), timeout=25)
+            records = reader.read_until(covers(settings, after), timeout=25)
         finally:
             reader.close()
+        # What it says it published to each partition is of the new topic only.
+        wait_until(lambda: published(settings) >= after, 10, "the relay to record it")
+        with psycopg.connect(settings.database_url) as conn:
+            progress = relay_progress(conn, settings.kafka_topic)
+        last: dict[int, int] = {}
+        for partition, _offset, e in records:
+            last[partition] = max(last.get(partition, 0), e.position)
+        assert progress.partitions is not None
+        assert {p: n for p, n in progress.partitions.items() if n <= after} == {
+            p: n for p, n in last.items() if n <= after}
