@@ -56,7 +56,11 @@ class QuotaCache:
         self._keys: dict[UUID, Key] = {}  # ledger id → the entry's key
         self._listening = False
         self._mark = 0  # the highest watermark announced
-        self._seq = 0  # notifications heard that changed rows
+        # Changes heard per key being kept or read, and an epoch that moves whenever the
+        # cache starts over (a flush, a reconnect, a full cache): a read keeps what it
+        # fetched only if neither moved for its key while it was fetching.
+        self._changes: dict[Key, int] = {}
+        self._epoch = 0
         self._moved = asyncio.Event()  # set and replaced whenever the mark rises
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -105,18 +109,22 @@ class QuotaCache:
         if found is not None:
             row, at = found
             return max(at, self._mark), row
-        seq, listening = self._seq, self._listening
+        if len(self._keys) >= self._capacity:  # bounds the entries too: each has a key
+            self._clear()
+        self._keys[ledger_id(*key)] = key  # so that a change heard meanwhile counts
+        epoch, changes, listening = self._epoch, self._changes.get(key, 0), self._listening
         mark, row = await fetch()
-        if listening and self._listening and seq == self._seq:
-            if len(self._entries) >= self._capacity:
-                self._clear()
+        if (listening and self._listening and epoch == self._epoch
+                and changes == self._changes.get(key, 0)):
             self._entries[key] = (row, mark)
-            self._keys[ledger_id(*key)] = key
         return mark, row
 
     def _clear(self) -> None:
+        """Start over: nothing kept, and no read under way may keep what it fetched."""
         self._entries.clear()
         self._keys.clear()
+        self._changes.clear()
+        self._epoch += 1
 
     # ---- the listener ---------------------------------------------------------------
 
@@ -149,7 +157,6 @@ class QuotaCache:
                 # Notifications may be missed from here on: hold nothing until listening.
                 self._listening = False
                 self._clear()
-                self._seq += 1
                 self._moved.set()
             await asyncio.sleep(RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)])
             attempt += 1
@@ -162,14 +169,12 @@ class QuotaCache:
             notice = Announcement(flush=True)
         if notice.flush:
             self._clear()
-            self._seq += 1
             return
-        if notice.keys:
-            self._seq += 1
-            for ledger in notice.keys:
-                key = self._keys.pop(UUID(hex=ledger), None)
-                if key is not None:
-                    self._entries.pop(key, None)
+        for ledger in notice.keys:
+            key = self._keys.get(UUID(hex=ledger))
+            if key is not None:
+                self._entries.pop(key, None)
+                self._changes[key] = self._changes.get(key, 0) + 1
         self._raise_mark(notice.mark)
 
     def _raise_mark(self, mark: int) -> None:

@@ -124,6 +124,20 @@ def test_a_row_changed_while_it_was_read_is_not_kept(conninfo: str) -> None:
             assert (await reading)[1] == {"used_seconds": 1}
             store.gate, store.rows[ALICE] = None, {"used_seconds": 3}
             assert (await cache.read(ALICE, store.fetch(ALICE)))[1] == {"used_seconds": 3}
+
+            # A change to someone else's ledger during a read does not stop it being kept
+            # (under steady writes by others, reads would otherwise never be kept).
+            store.gate = asyncio.Event()
+            reading = asyncio.create_task(cache.read(BOB, store.fetch(BOB)))
+            await until(lambda: store.gate is not None and store.reads == 3)
+            await asyncio.to_thread(notify, conninfo, 50, ALICE)
+            await until(lambda: cache.mark == 50)
+            store.gate.set()
+            await reading
+            store.gate = None
+            reads = store.reads
+            await cache.read(BOB, store.fetch(BOB))
+            assert store.reads == reads  # kept
         finally:
             await cache.stop()
 
