@@ -262,23 +262,30 @@ def test_a_conversation_is_bridged_metered_and_its_transcript_stored(stack: Stac
 
 def test_quota_runs_out_mid_turn(stack: Stack) -> None:
     user = stack.user()
-    user.assign("--plan", "custom", "--seconds", "2")
+    # Four seconds of quota against an answer of 600 words (12 s of speech): the answer has
+    # begun well before the limit even when storing the user's line is slow (the bridge
+    # relays the answer only once that line is stored).
+    user.assign("--plan", "custom", "--seconds", "4")
     with open_socket(stack, user) as sock:
         started = start(sock)
-        assert started["remaining_seconds"] == 2
+        assert started["remaining_seconds"] == 4
         ends_at = datetime.fromisoformat(started["session_ends_at"])
         warning = sock.wait_for("quota.warning")
-        assert 0 < warning["seconds_left"] <= 2
+        assert 0 < warning["seconds_left"] <= 4
         # A long answer: still being spoken when the quota runs out.
-        sock.send("input_text", text=" ".join(["word"] * 400))
+        sock.send("input_text", text=" ".join(["word"] * 600))
         exceeded = sock.wait_for("quota.exceeded", timeout=10)
         late = time.time() - ends_at.timestamp()
         assert exceeded["remaining_seconds"] == 0
         assert exceeded["session_id"] == started["session_id"]
         ended = sock.wait_for("session.ended")
+        ai_said = [i for i, e in enumerate(sock.events)
+                   if e["type"] == "transcript.delta" and e["role"] == "ai"]
+        assert ai_said and ai_said[0] < sock.events.index(exceeded), (
+            "the answer had not begun when the quota ran out")
         assert sock.events.index(exceeded) < sock.events.index(ended)
         assert ended["reason"] == "quota_exceeded"
-        assert ended["session_seconds"] == 2
+        assert ended["session_seconds"] == 4
         assert sock.close_code() == CloseCode.QUOTA_EXCEEDED
     assert late < 1.0, f"quota.exceeded came {late:.2f} s after the limit"
 
@@ -286,7 +293,7 @@ def test_quota_runs_out_mid_turn(stack: Stack) -> None:
     assert transcript["end_reason"] == "quota_exceeded"
     last = transcript["transcripts"][-1]
     assert last["role"] == "ai" and last["interrupted"] is True
-    assert last["text"].startswith("I heard 400 words:")
+    assert last["text"].startswith("I heard 600 words:")
     # Cut off by the end, so said by the end (or with the line before it, when the end
     # reached the socket after that line: the bridge may notice the limit up to a second late).
     said, ended_at, before = (datetime.fromisoformat(t) for t in (
