@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 HOST = "127.0.0.1"
+# An idle connection is not reused after this long: the API server (uvicorn) closes a
+# keep-alive connection idle for 5 s, and a request sent as it does so fails. Ordinary
+# clients expire idle connections the same way (httpx's keepalive_expiry).
+KEEPALIVE_EXPIRY = 3.0
 
 
 class Response(NamedTuple):
@@ -175,12 +179,20 @@ async def open_loop(
     outstanding, and those unanswered `grace` seconds after the last was due, are counted
     as dropped."""
     result = LoadResult(seconds=seconds, target_rate=rate)
-    idle: list[Connection] = []
+    idle: list[tuple[Connection, float]] = []  # with the moment each became idle
     total = int(rate * seconds)
     start = time.monotonic() + 0.05
 
+    def reuse() -> Connection | None:
+        while idle:
+            conn, since = idle.pop()
+            if time.monotonic() - since < KEEPALIVE_EXPIRY:
+                return conn
+            conn.close()
+        return None
+
     async def one(i: int, due: float) -> None:
-        conn = idle.pop() if idle else None
+        conn = reuse()
         try:
             if conn is None:
                 conn = await Connection.open(port)
@@ -193,7 +205,7 @@ async def open_loop(
         done = time.monotonic()
         result.latencies.append(done - due)
         result.statuses[response.status] += 1
-        idle.append(conn)
+        idle.append((conn, done))
         if on_response is not None:
             on_response(i, response, done)
 
@@ -215,6 +227,6 @@ async def open_loop(
             task.cancel()
         result.dropped += len(late)
     result.seconds = time.monotonic() - start
-    for conn in idle:
+    for conn, _since in idle:
         conn.close()
     return result
