@@ -113,15 +113,23 @@ class Services:
             yield conn
 
     async def quota(
-        self, tenant_id: str, user_id: str, period_start: datetime, wanted: ReadAfter | None
+        self,
+        tenant_id: str,
+        user_id: str,
+        period_start: datetime,
+        wanted: ReadAfter | None,
+        prepare: Callable[[dict[str, Any]], dict[str, Any]] = lambda row: row,
     ) -> tuple[int, dict[str, Any] | None]:
         """The user's latest quota row up to the period (see `quota_with_watermark`) and
         the watermark it is known at, once that has reached `wanted` (bounded): from the
-        in-memory cache while it listens, else from PostgreSQL."""
+        in-memory cache while it listens, else from PostgreSQL. A row fetched from
+        PostgreSQL goes through `prepare` once, before it is kept: what every answer
+        would otherwise redo (a row is never changed after that)."""
 
         async def fetch() -> tuple[int, dict[str, Any] | None]:
             async with self.aread() as conn:
-                return await quota_with_watermark(conn, tenant_id, user_id, period_start)
+                mark, row = await quota_with_watermark(conn, tenant_id, user_id, period_start)
+            return mark, prepare(row) if row is not None else None
 
         cache = self.quota_cache
         if cache is not None and cache.listening:
