@@ -4,6 +4,7 @@ the rate-limit headers: pure, no services."""
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.integration.vault import SealedKeyError, parse_master_key, seal, unseal
-from adapters.ratelimit import Policy, RateLimiter, RateLimitState
+from adapters.ratelimit import MAX_LEASE, Lease, Policy, RateLimiter, RateLimitState
 from domain.errors import InvalidValue, ScopeNotHeld
 from domain.integration import check_grant, check_revoke_reason, published_until, token_claims
 from domain.integration_grant import IntegrationGrant
@@ -245,3 +246,42 @@ def test_rate_limit_headers_follow_the_draft_syntax() -> None:
 def test_rate_limits_must_be_positive() -> None:
     with pytest.raises(ValueError):
         RateLimiter(lambda: None, {"x": Policy("x", 0, 60)})  # type: ignore[arg-type,return-value]
+
+
+def _lease(limit: int, next_: int, last: int, seconds_left: float = 30.0) -> Lease:
+    # `offset` puts the database's clock at epoch 1,000,000 now; the window ends later.
+    return Lease(policy=Policy("verify", limit, 60), next=next_, last=last,
+                 end=1_000_000 + seconds_left, offset=1_000_000 - time.monotonic())
+
+
+def test_a_lease_spends_its_reserved_calls_then_asks_for_more() -> None:
+    lease = _lease(limit=100, next_=11, last=13)
+    states = [lease.take() for _ in range(3)]
+    assert [s.remaining for s in states if s is not None] == [89, 88, 87]
+    assert all(s is not None and s.allowed for s in states)
+    assert lease.take() is None  # spent, and the window still has room: reserve again
+    assert lease.next_size() == (100 - 13) // 16
+
+
+def test_a_lease_over_the_limit_refuses_without_asking() -> None:
+    lease = _lease(limit=5, next_=5, last=6)
+    first, second = lease.take(), lease.take()
+    assert first is not None and first.allowed and first.remaining == 0
+    assert second is not None and not second.allowed and second.remaining == 0
+    # Spent with the counter over the limit: refused from memory until the window ends.
+    for _ in range(3):
+        again = lease.take()
+        assert again is not None and not again.allowed
+    assert lease.next_size() == 1
+
+
+def test_an_ended_window_needs_a_new_lease() -> None:
+    lease = _lease(limit=100, next_=1, last=50, seconds_left=-0.01)
+    assert lease.take() is None
+
+
+def test_lease_sizes_shrink_near_the_limit() -> None:
+    assert _lease(limit=6000, next_=1, last=1).next_size() == MAX_LEASE
+    assert _lease(limit=6000, next_=1, last=5990).next_size() == 1
+    assert _lease(limit=3, next_=1, last=1).next_size() == 1
+    assert _lease(limit=1000, next_=1, last=680).next_size() == 20
