@@ -14,6 +14,7 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components
+from litestar.types import Message, Scope
 
 from adapters.http.api_keys import ApiKeyController
 from adapters.http.audit import (
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=[lifespan],
         before_request=refuse_while_database_down,
         middleware=[request_id_middleware],
-        before_send=[stamp_response, remember_writes],
+        before_send=[finish_answer],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -99,6 +100,15 @@ async def schema_page_not_found(response: Response[Any]) -> Response[Any]:
     if response.status_code == 404:
         raise NotFoundException()
     return response
+
+
+async def finish_answer(message: Message, scope: Scope) -> None:
+    """The before-send hook (one: each hook is another await on every message): an
+    answer's start gets the request id and security headers, and a command's position is
+    remembered for its caller's next read."""
+    if message["type"] == "http.response.start":
+        stamp_response(message, scope)
+        remember_writes(message, scope)
 
 
 async def refuse_while_database_down(request: Request[Any, Any, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response
-from litestar.types import Message, Scope
+from litestar.types import HTTPResponseStartEvent, Scope
 
 from adapters.http.auth import PRINCIPAL_STATE
 from adapters.http.problems import BadRequest
@@ -88,14 +88,15 @@ def min_position(request: Request[Any, Any, Any]) -> ReadAfter | None:
     return None
 
 
-async def remember_writes(message: Message, scope: Scope) -> None:
-    """A before-send hook: a command's X-Event-Position becomes its caller's last write."""
-    if message["type"] != "http.response.start":
+def remember_writes(message: HTTPResponseStartEvent, scope: Scope) -> None:
+    """On an answer's start message: a command's X-Event-Position becomes its caller's
+    last write (reads carry none, and are most answers: they are not searched)."""
+    if scope.get("method") in ("GET", "HEAD"):
         return
     principal = scope.get("state", {}).get(PRINCIPAL_STATE)
     if not isinstance(principal, Principal):
         return
-    for name, value in message.get("headers", []):
+    for name, value in message.get("headers", ()):
         if bytes(name).lower() == b"x-event-position":
             scope["app"].state.services.writes.note(principal, int(value))
             return

@@ -78,3 +78,28 @@ def test_readiness_documents_its_failure_answer(stack: Stack) -> None:
     doc = stack.client.get("/schema/openapi.json").json()
     responses = doc["paths"]["/readyz"]["get"]["responses"]
     assert "application/problem+json" in responses["503"]["content"]
+
+
+def _samples(stack: Stack) -> dict[str, float]:
+    text = stack.client.get("/metrics").text
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if name and not name.startswith("#")
+    }
+
+
+def test_metrics_count_every_answer_by_route_and_status(stack: Stack) -> None:
+    ok = 'xentree_http_requests_total{method="GET",route="/api/live/quota",status="200"}'
+    refused = 'xentree_http_requests_total{method="GET",route="/api/live/quota",status="401"}'
+    timed = 'xentree_http_request_seconds_count{method="GET",route="/api/live/quota"}'
+    u = stack.user()
+    before = _samples(stack)
+    for _ in range(5):
+        assert u.get("/api/live/quota").status_code == 200
+    for _ in range(3):
+        assert stack.client.get("/api/live/quota").status_code == 401
+    after = _samples(stack)
+    assert after[ok] - before.get(ok, 0) == 5
+    assert after[refused] - before.get(refused, 0) == 3
+    assert after[timed] - before.get(timed, 0) == 8
