@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
@@ -35,6 +38,19 @@ SECURITY_HEADERS = (
 # anything a tracing header carries, nothing that could split a header or a log line.
 _CLIENT_ID = re.compile(r"^[!-~](?:[ -~]{0,198}[!-~])?$")
 _STATE_KEY = "request_id"
+# New request ids: a random prefix per process and a counter. Unique without a call to
+# the OS's random source on every request (os.urandom lets go of the GIL, and getting it
+# back behind the command threads could stall the event loop for a switch interval).
+_ids: tuple[int, str, Iterator[int]] = (0, "", iter(()))
+
+
+def new_request_id() -> str:
+    """24 hex characters, unique per process (the prefix is drawn anew after a fork)."""
+    global _ids
+    pid, prefix, counter = _ids
+    if pid != os.getpid():
+        pid, prefix, counter = _ids = (os.getpid(), secrets.token_hex(6), itertools.count(1))
+    return f"{prefix}{next(counter):012x}"
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
@@ -86,7 +102,7 @@ def request_id_of(scope: Scope) -> str:
     request_id = state.get(_STATE_KEY)
     if not isinstance(request_id, str):
         sent = _header(scope, b"x-request-id")
-        request_id = sent if sent and _CLIENT_ID.match(sent) else secrets.token_hex(12)
+        request_id = sent if sent and _CLIENT_ID.match(sent) else new_request_id()
         state[_STATE_KEY] = request_id
     return request_id
 
