@@ -58,7 +58,11 @@ POLL_TIMEOUT_MS = 50
 TOPIC_CHECK_SECONDS = 2.0
 OFFSET_COMMIT_SECONDS = 5.0
 IDLE_ADVANCE_SECONDS = 0.02
-FETCH_MAX_WAIT_MS = 500
+# How long the broker may hold a fetch that found nothing. Tansu does not always answer a
+# held fetch when records arrive: at 500 commands/s a 500 ms wait gave projector stalls
+# of 170-260 ms (kafka-python and Tansu alone, no PostgreSQL), 100 ms gave ~135 ms and
+# 50 ms at most ~37 ms. An idle projector then asks twenty times a second.
+FETCH_MAX_WAIT_MS = 50
 RETRY_SECONDS = 1.0
 # Tansu completes a group join only after about half the session timeout, and the
 # rebalance timeout (max poll interval) must be short for the first join to finish.
@@ -397,9 +401,7 @@ class Projector:
             group_id=self.group_id,
             client_id="xentree-live-projector",
             max_poll_records=self.settings.projection_batch_size,
-            # The broker answers a fetch as soon as any record is there (measured with
-            # Tansu: ~6 ms), and holds an empty one this long: an idle projector asks
-            # twice a second, not fifty times.
+            # An empty fetch is held at most this long (see FETCH_MAX_WAIT_MS).
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             fetch_min_bytes=1,
             **CONSUMER_GROUP_CONFIG,
