@@ -11,7 +11,10 @@ heard a watermark M it has heard of every change at or below M:
 - an entry fetched from PostgreSQL at watermark E and not named since is the row as of
   max(E, M) — its `as_of`;
 - an entry is stored only when no notification arrived while it was being fetched;
-- the cache raises M from notifications only, never from its own reads.
+- the cache raises M from notifications only, never from its own reads;
+- a row answered from memory since it was kept, when a notification names it, is fetched
+  again at once by the cache itself (by the same rule), so a client polling its quota
+  while its session heartbeats is answered from memory, not after a round trip.
 
 While it is not listening (before its first LISTEN, or after the connection broke, when
 notifications may have been missed) it holds nothing and every read goes to PostgreSQL,
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = (0.1, 0.5, 1.0, 2.0)
 CAPACITY = 100_000
+REFRESH_TRIES = 3
 APPLICATION_NAME = "xentree-live quota cache"
 
 Row = dict[str, Any] | None
@@ -64,6 +68,11 @@ class QuotaCache:
         self._moved = asyncio.Event()  # set and replaced whenever the mark rises
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        # Rows answered from memory since they were kept: when a notification names one,
+        # it is fetched again at once, off any request's path, so the client polling it
+        # is answered from memory next time too (a row nobody asked for again is not).
+        self._hot: dict[Key, Fetch] = {}
+        self._refreshing: dict[Key, asyncio.Task[None]] = {}
 
     @property
     def listening(self) -> bool:
@@ -84,6 +93,9 @@ class QuotaCache:
             await asyncio.wait_for(self._connected.wait(), 5)
 
     async def stop(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
+        self._refreshing.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -108,6 +120,8 @@ class QuotaCache:
         found = self._entries.get(key)
         if found is not None:
             row, at = found
+            if key not in self._hot:
+                self._hot[key] = fetch
             return max(at, self._mark), row
         if len(self._keys) >= self._capacity:  # bounds the entries too: each has a key
             self._clear()
@@ -124,6 +138,7 @@ class QuotaCache:
         self._entries.clear()
         self._keys.clear()
         self._changes.clear()
+        self._hot.clear()
         self._epoch += 1
 
     # ---- the listener ---------------------------------------------------------------
@@ -175,7 +190,26 @@ class QuotaCache:
             if key is not None:
                 self._entries.pop(key, None)
                 self._changes[key] = self._changes.get(key, 0) + 1
+                fetch = self._hot.pop(key, None)
+                if fetch is not None and key not in self._refreshing:
+                    self._refreshing[key] = asyncio.create_task(self._refresh(key, fetch))
         self._raise_mark(notice.mark)
+
+    async def _refresh(self, key: Key, fetch: Fetch) -> None:
+        """Fetch a changed row again and keep it (by `read`'s rule: only if nothing changed
+        it meanwhile; a few tries while it keeps changing, then the next request reads)."""
+        try:
+            for _ in range(REFRESH_TRIES):
+                epoch = self._epoch
+                await self.read(key, fetch)
+                if key in self._entries or epoch != self._epoch or not self._listening:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database went away: the next request reads, as before
+            log.debug("quota cache: refreshing %s failed", key, exc_info=True)
+        finally:
+            self._refreshing.pop(key, None)
 
     def _raise_mark(self, mark: int) -> None:
         if mark > self._mark:

@@ -39,10 +39,13 @@ class Store:
         self.mark = 0
         self.reads = 0
         self.gate: asyncio.Event | None = None
+        self.fail = False
 
     def fetch(self, key: tuple[str, str, datetime]) -> Callable[[], Awaitable[Any]]:
         async def read() -> tuple[int, dict[str, Any] | None]:
             self.reads += 1
+            if self.fail:
+                raise psycopg.OperationalError("the database is away")
             row, mark = self.rows.get(key), self.mark
             if self.gate is not None:
                 await self.gate.wait()
@@ -85,10 +88,11 @@ def test_rows_are_kept_until_a_notification_names_them(conninfo: str) -> None:
             assert await cache.read(BOB, store.fetch(BOB)) == (20, {"used_seconds": 2})
             assert store.reads == 3
 
-            # Alice's: read again.
+            # Alice's: read again, at once, by the cache itself (her row was answered from
+            # memory since it was kept), so her next read is from memory.
             store.mark = 30
             await asyncio.to_thread(notify, conninfo, 30, ALICE)
-            await until(lambda: cache.mark == 30)
+            await until(lambda: cache.mark == 30 and store.reads == 4 and len(cache) == 2)
             assert await cache.read(ALICE, store.fetch(ALICE)) == (30, {"used_seconds": 5})
             assert store.reads == 4
 
@@ -190,6 +194,59 @@ def test_a_lost_connection_empties_the_cache_until_it_listens_again(conninfo: st
             reads = store.reads
             await cache.read(ALICE, store.fetch(ALICE))
             assert store.reads == reads  # kept again
+        finally:
+            await cache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_changed_row_that_clients_read_is_fetched_again_before_they_ask(
+    conninfo: str,
+) -> None:
+    async def scenario() -> None:
+        store, cache = Store(), QuotaCache(conninfo)
+        await cache.start()
+        try:
+            store.rows[ALICE], store.rows[BOB], store.mark = {"s": 1}, {"s": 1}, 60
+            await cache.read(ALICE, store.fetch(ALICE))
+            await cache.read(ALICE, store.fetch(ALICE))  # from memory: Alice polls
+            await cache.read(BOB, store.fetch(BOB))  # Bob asked once
+            assert store.reads == 2
+
+            # Both change: Alice's row is fetched again by the cache, Bob's is not.
+            store.rows[ALICE], store.rows[BOB], store.mark = {"s": 2}, {"s": 2}, 61
+            await asyncio.to_thread(notify, conninfo, 61, ALICE, BOB)
+            await until(lambda: cache.mark == 61 and store.reads == 3 and len(cache) == 1)
+            await asyncio.sleep(0.1)
+            assert store.reads == 3
+            assert await cache.read(ALICE, store.fetch(ALICE)) == (61, {"s": 2})
+            assert store.reads == 3
+
+            # Changed again while the cache fetches it: what it fetched is not kept, and
+            # it fetches once more.
+            store.gate = asyncio.Event()
+            store.rows[ALICE], store.mark = {"s": 3}, 62
+            await asyncio.to_thread(notify, conninfo, 62, ALICE)
+            await until(lambda: store.reads == 4)
+            store.rows[ALICE], store.mark = {"s": 4}, 63
+            await asyncio.to_thread(notify, conninfo, 63, ALICE)
+            await until(lambda: cache.mark == 63)
+            store.gate.set()
+            await until(lambda: store.reads == 5 and len(cache) == 1)
+            store.gate = None
+            assert await cache.read(ALICE, store.fetch(ALICE)) == (63, {"s": 4})
+            assert store.reads == 5
+
+            # A refresh that fails (the database is away) leaves the row to the next read.
+            store.fail = True
+            await asyncio.to_thread(notify, conninfo, 64, ALICE)
+            await until(lambda: cache.mark == 64 and store.reads == 6)
+            await until(lambda: not cache._refreshing)
+            assert len(cache) == 0
+            store.fail = False
+            store.rows[ALICE], store.mark = {"s": 5}, 64
+            assert await cache.read(ALICE, store.fetch(ALICE)) == (64, {"s": 5})
+            assert store.reads == 7
         finally:
             await cache.stop()
 
