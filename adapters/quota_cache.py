@@ -204,8 +204,6 @@ class QuotaCache:
                 await self.read(key, fetch)
                 if key in self._entries or epoch != self._epoch or not self._listening:
                     return
-        except asyncio.CancelledError:
-            raise
         except Exception:  # the database went away: the next request reads, as before
             log.debug("quota cache: refreshing %s failed", key, exc_info=True)
         finally:

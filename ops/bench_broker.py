@@ -30,17 +30,13 @@ sys.path.insert(0, str(ROOT))
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 
+from ops.benchmark.httpload import LoadResult  # noqa: E402
 from ops.stack import EmbeddedKafka, free_port  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))] if ordered else 0.0
 
 
 def main() -> int:
@@ -122,14 +118,18 @@ def main() -> int:
         if consumer_thread is not None:
             consumer_thread.join(5)
         for begin, end, cpu in windows:
-            lat = [1000 * (got - sent_at) for sent_at, got in received if begin <= sent_at < end]
-            print(f"{begin - started:>7.0f}s {len(lat):>7} {cpu:>11.2f} "
-                  f"{percentile(lat, 50):>8.1f} {percentile(lat, 99):>8.1f} "
-                  f"{max(lat, default=0.0):>8.1f}")
+            res = LoadResult(seconds=end - begin, latencies=[
+                got - sent_at for sent_at, got in received if begin <= sent_at < end
+            ])
+            print(f"{begin - started:>7.0f}s {res.count:>7} {cpu:>11.2f} "
+                  f"{res.percentile_ms(50) or 0:>8.1f} {res.percentile_ms(99) or 0:>8.1f} "
+                  f"{1000 * max(res.latencies, default=0.0):>8.1f}")
         if received:
-            lat = [1000 * (got - sent_at) for sent_at, got in received]
-            print(f"all: {len(lat)} received of {n}; p50 {percentile(lat, 50):.1f} ms, "
-                  f"p99 {percentile(lat, 99):.1f} ms, max {max(lat):.1f} ms")
+            res = LoadResult(seconds=time.time() - started,
+                             latencies=[got - sent_at for sent_at, got in received])
+            print(f"all: {res.count} received of {n}; p50 {res.percentile_ms(50):.1f} ms, "
+                  f"p99 {res.percentile_ms(99):.1f} ms, "
+                  f"max {1000 * max(res.latencies):.1f} ms")
         return 0
     finally:
         broker.stop()

@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
@@ -41,16 +41,21 @@ _STATE_KEY = "request_id"
 # New request ids: a random prefix per process and a counter. Unique without a call to
 # the OS's random source on every request (os.urandom lets go of the GIL, and getting it
 # back behind the command threads could stall the event loop for a switch interval).
-_ids: tuple[int, str, Iterator[int]] = (0, "", iter(()))
+_id_prefix = secrets.token_hex(6)
+_id_counter = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = secrets.token_hex(6), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def new_request_id() -> str:
-    """24 hex characters, unique per process (the prefix is drawn anew after a fork)."""
-    global _ids
-    pid, prefix, counter = _ids
-    if pid != os.getpid():
-        pid, prefix, counter = _ids = (os.getpid(), secrets.token_hex(6), itertools.count(1))
-    return f"{prefix}{next(counter):012x}"
+    """24 hex characters, unique per process (a forked child draws its own prefix)."""
+    return f"{_id_prefix}{next(_id_counter):012x}"
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
@@ -76,23 +81,17 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-# The metrics' children by label values: `labels()` validates and locks on every call,
-# which was a few per cent of a quota read's CPU.
-_COUNTERS: dict[tuple[str, str, int], Any] = {}
-_TIMERS: dict[tuple[str, str], Any] = {}
-
-
 def _count(scope: Scope, status: int, seconds: float) -> None:
-    method = str(scope.get("method", ""))
-    route = _route(scope)
-    counter = _COUNTERS.get((method, route, status))
-    if counter is None:
-        counter = _COUNTERS[(method, route, status)] = REQUESTS.labels(method, route, str(status))
-    timer = _TIMERS.get((method, route))
-    if timer is None:
-        timer = _TIMERS[(method, route)] = LATENCY.labels(method, route)
+    counter, timer = _children(str(scope.get("method", "")), _route(scope), status)
     counter.inc()
     timer.observe(seconds)
+
+
+@lru_cache(maxsize=4096)
+def _children(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The metrics' children for these labels, looked up once (`labels()` validates and
+    locks on every call, which was a few per cent of a quota read's CPU)."""
+    return REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route)
 
 
 def request_id_of(scope: Scope) -> str:
