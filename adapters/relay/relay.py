@@ -173,6 +173,10 @@ class Relay:
                 "partition_positions = '{}' WHERE topic = %s",
                 (topic_id, self.topic),
             )
+            # The producer's metadata may still describe the old topic: with more
+            # partitions than the new one has, it would send to partitions that no longer
+            # exist until those sends expire. A new producer reads the new topic's.
+            self._close_producer()
             return 0
         return position
 
@@ -277,14 +281,22 @@ class Relay:
             )
         return self._producer
 
+    def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                producer.close(timeout=1)
+            except Exception:
+                log.debug("closing the relay's producer failed", exc_info=True)
+
     def _reset(self) -> None:
         """Drop every client; closing the connection releases the lock for a standby."""
         self._active.clear()
-        producer, admin, conn = self._producer, self._admin, self._conn
-        self._producer = self._admin = self._conn = None
+        self._close_producer()
+        admin, conn = self._admin, self._conn
+        self._admin = self._conn = None
         self._topic = None
         for close in (
-            (lambda: producer.close(timeout=1)) if producer else None,
             admin.close if admin else None,
             conn.close if conn else None,
         ):

@@ -38,6 +38,7 @@ def settings(database_url: str, kafka_bootstrap: str, fresh_topic: str) -> Setti
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         kafka_topic=fresh_topic,
+        kafka_partitions=4,  # what `fresh_topic` has, also when a restart recreates it
         relay_poll_seconds=0.2,
     )
     migrate(s)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import msgspec
 import psycopg
 import pytest
+from kafka.admin import KafkaAdminClient
 
 from adapters.bootstrap import build_application
 from adapters.eventstore.schema import migrate
@@ -34,6 +35,7 @@ def settings(database_url: str, kafka_bootstrap: str, fresh_topic: str) -> Setti
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         kafka_topic=fresh_topic,
+        kafka_partitions=4,  # what `fresh_topic` has, also when a restart recreates it
         relay_poll_seconds=0.2,
     )
     migrate(s)
@@ -206,3 +208,39 @@ def test_a_recreated_topic_is_republished_from_the_start(
         assert progress.partitions is not None
         assert {p: n for p, n in progress.partitions.items() if n <= after} == {
             p: n for p, n in last.items() if n <= after}
+
+
+def stored_topic_id(settings: Settings) -> str | None:
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT topic_id FROM relay_position WHERE topic = %s", (settings.kafka_topic,)
+        ).fetchone()
+    return row[0] if row else None
+
+
+def test_a_topic_recreated_with_fewer_partitions_is_republished_onto_the_ones_it_has(
+    settings: Settings, app: LiveApplication
+) -> None:
+    # The topic has four partitions. Deleted, the relay creates it again with its own
+    # setting of one. Its producer, still connected, must not keep the old topic's
+    # partitions: sends to partitions that no longer exist only fail when they expire.
+    one = msgspec.structs.replace(settings, kafka_partitions=1)
+    relay = Relay(one, app)
+    with running(relay.run_forever):
+        before = some_sessions(app, 2)
+        wait_until(lambda: published(one) >= before, 10, "the relay to publish")
+        old_id = stored_topic_id(one)
+        admin = KafkaAdminClient(bootstrap_servers=one.kafka_bootstrap)
+        try:
+            admin.delete_topics([one.kafka_topic])
+        finally:
+            admin.close()
+        wait_until(lambda: stored_topic_id(one) not in (None, old_id), 15,
+                   "the relay to create the topic again")
+        after = some_sessions(app, 2)
+        reader = TopicReader(one.kafka_bootstrap, one.kafka_topic)
+        try:
+            records = reader.read_until(covers(one, after), timeout=15)
+        finally:
+            reader.close()
+    assert {partition for partition, _offset, _e in records} == {0}
