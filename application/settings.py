@@ -32,7 +32,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = EMBEDDED_DATABASE_URL
     kafka_bootstrap: str = EMBEDDED_KAFKA_BOOTSTRAP
     kafka_topic: str = "xentree.live.events"
-    kafka_partitions: int = 4
+    # Partitions of a topic the relay or projector creates (an existing topic keeps its
+    # own). One keeps the whole stream in commit order, the watermark (the minimum over
+    # partitions) waits for no laggard partition, and the relay's rounds become one stored
+    # batch each instead of one per partition (the embedded Tansu lists every stored batch
+    # of a partition on each fetch). More let an analysts' consumer group read in
+    # parallel. README "Tuning" has the measurements.
+    kafka_partitions: int = 1
     state_dir: str = str(PROJECT_ROOT / ".xentree")
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -178,14 +184,17 @@ def with_role(url: str, role: str) -> str:
     return urlunsplit(parts._replace(query=options))
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
+def _int(env: Mapping[str, str], key: str, default: int, *, minimum: int | None = None) -> int:
     raw = env.get(key, "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"{key} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be at least {minimum}, not {value}")
+    return value
 
 
 def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
@@ -220,7 +229,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         kafka_bootstrap=env.get("XENTREE_KAFKA_BOOTSTRAP", "").strip() or d.kafka_bootstrap,
         kafka_topic=env.get("XENTREE_KAFKA_TOPIC", "").strip() or d.kafka_topic,
-        kafka_partitions=_int(env, "XENTREE_KAFKA_PARTITIONS", d.kafka_partitions),
+        kafka_partitions=_int(env, "XENTREE_KAFKA_PARTITIONS", d.kafka_partitions,
+                              minimum=1),
         state_dir=env.get("XENTREE_STATE_DIR", "").strip() or d.state_dir,
         api_host=api_host,
         api_port=api_port,
