@@ -15,7 +15,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -284,10 +284,7 @@ class Relay:
     def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                producer.close(timeout=1)
-            except Exception:
-                log.debug("closing the relay's producer failed", exc_info=True)
+            _close_quietly(lambda: producer.close(timeout=1))
 
     def _reset(self) -> None:
         """Drop every client; closing the connection releases the lock for a standby."""
@@ -296,16 +293,17 @@ class Relay:
         admin, conn = self._admin, self._conn
         self._admin = self._conn = None
         self._topic = None
-        for close in (
-            admin.close if admin else None,
-            conn.close if conn else None,
-        ):
-            if close is None:
-                continue
-            try:
-                close()
-            except Exception:
-                log.debug("closing a relay client failed", exc_info=True)
+        if admin is not None:
+            _close_quietly(admin.close)
+        if conn is not None:
+            _close_quietly(conn.close)
+
+
+def _close_quietly(close: Callable[[], object]) -> None:
+    try:
+        close()
+    except Exception:
+        log.debug("closing a relay client failed", exc_info=True)
 
 
 def run_relay(settings: Settings, stop: threading.Event) -> None:

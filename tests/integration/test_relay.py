@@ -103,6 +103,16 @@ def covers(settings: Settings, upto: int) -> Callable[[Records], bool]:
     return lambda records: {e.position for _, _, e in records} >= wanted
 
 
+def read_topic(settings: Settings, upto: int, timeout: float) -> Records:
+    """Everything on the topic once it holds every event up to `upto`, read by a new
+    reader (one made before the topic was recreated could hold the old one's metadata)."""
+    reader = TopicReader(settings.kafka_bootstrap, settings.kafka_topic)
+    try:
+        return reader.read_until(covers(settings, upto), timeout=timeout)
+    finally:
+        reader.close()
+
+
 def test_publishes_in_order_keyed_by_aggregate(
     settings: Settings, app: LiveApplication, reader: TopicReader
 ) -> None:
@@ -192,12 +202,8 @@ def test_a_recreated_topic_is_republished_from_the_start(
         wait_until(lambda: published(settings) >= before, 10, "the relay to publish")
         kafka_broker.restart()
         after = some_sessions(app, 2)
-        reader = TopicReader(settings.kafka_bootstrap, settings.kafka_topic)
-        try:
-            # The broker forgot everything: all of it must come back, not just the new part.
-            records = reader.read_until(covers(settings, after), timeout=25)
-        finally:
-            reader.close()
+        # The broker forgot everything: all of it must come back, not just the new part.
+        records = read_topic(settings, after, timeout=25)
         # What it says it published to each partition is of the new topic only.
         wait_until(lambda: published(settings) >= after, 10, "the relay to record it")
         with psycopg.connect(settings.database_url) as conn:
@@ -212,10 +218,7 @@ def test_a_recreated_topic_is_republished_from_the_start(
 
 def stored_topic_id(settings: Settings) -> str | None:
     with psycopg.connect(settings.database_url) as conn:
-        row = conn.execute(
-            "SELECT topic_id FROM relay_position WHERE topic = %s", (settings.kafka_topic,)
-        ).fetchone()
-    return row[0] if row else None
+        return relay_progress(conn, settings.kafka_topic).topic_id
 
 
 def test_a_topic_recreated_with_fewer_partitions_is_republished_onto_the_ones_it_has(
@@ -238,9 +241,5 @@ def test_a_topic_recreated_with_fewer_partitions_is_republished_onto_the_ones_it
         wait_until(lambda: stored_topic_id(one) not in (None, old_id), 15,
                    "the relay to create the topic again")
         after = some_sessions(app, 2)
-        reader = TopicReader(one.kafka_bootstrap, one.kafka_topic)
-        try:
-            records = reader.read_until(covers(one, after), timeout=15)
-        finally:
-            reader.close()
+        records = read_topic(one, after, timeout=15)
     assert {partition for partition, _offset, _e in records} == {0}
