@@ -14,7 +14,6 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components
-from litestar.types import Message, Scope
 
 from adapters.http.api_keys import ApiKeyController
 from adapters.http.audit import (
@@ -27,7 +26,7 @@ from adapters.http.commands import remember_writes
 from adapters.http.demo import DemoController
 from adapters.http.health import HealthController
 from adapters.http.integration import IntegrationController
-from adapters.http.middleware import request_id_middleware, stamp_response
+from adapters.http.middleware import serve_http
 from adapters.http.problems import exception_handlers
 from adapters.http.profile import ProfileController
 from adapters.http.quota import QuotaController
@@ -64,7 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if owned:
                 app.state.services.close()
 
-    return Litestar(
+    return Api(
         route_handlers=[SessionController, QuotaController, ApiKeyController, HealthController,
                         IntegrationController,
                         ProfileController, TranscriptController,
@@ -72,8 +71,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                         DemoController],
         lifespan=[lifespan],
         before_request=refuse_while_database_down,
-        middleware=[request_id_middleware],
-        before_send=[finish_answer],
         exception_handlers=exception_handlers(),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -102,13 +99,16 @@ async def schema_page_not_found(response: Response[Any]) -> Response[Any]:
     return response
 
 
-async def finish_answer(message: Message, scope: Scope) -> None:
-    """The before-send hook (one: each hook is another await on every message): an
-    answer's start gets the request id and security headers, and a command's position is
-    remembered for its caller's next read."""
-    if message["type"] == "http.response.start":
-        stamp_response(message, scope)
-        remember_writes(message, scope)
+class Api(Litestar):
+    """The Litestar app with what every HTTP answer gets (request id, security headers,
+    metrics, a command's position remembered for its caller's next read) in one layer
+    around it (adapters/http/middleware.py), rather than a middleware and a hook."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        await serve_http(super().__call__, scope, receive, send, remember_writes)
 
 
 async def refuse_while_database_down(request: Request[Any, Any, Any]) -> None:

@@ -17,6 +17,7 @@ from adapters.auth.errors import (
 )
 from adapters.auth.scopes import parse_scope
 from adapters.eventstore.recorder import API_KEY_OWNER
+from adapters.http.middleware import header_value
 from adapters.http.services import Services
 from adapters.integration.tokens import is_integration_token
 from application.principal import CredentialKind, Principal
@@ -114,8 +115,8 @@ def principal_of(request: Request[Any, Any, Any]) -> Principal:
 
 
 async def _identify(request: Request[Any, Any, Any], services: Services) -> Principal:
-    headers = request.headers
-    authorization = headers.get("authorization")
+    scope = request.scope
+    authorization = header_value(scope, b"authorization")
     if authorization is not None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -131,13 +132,13 @@ async def _identify(request: Request[Any, Any, Any], services: Services) -> Prin
         if is_integration_token(token):
             return await services.integration_tokens.authenticate_async(token)
         return services.bearer.verify(token)
-    api_key = headers.get("x-api-key")
+    api_key = header_value(scope, b"x-api-key")
     if api_key is not None:
         return await _api_key(api_key.strip(), services)
-    service_key = headers.get("x-service-key")
+    service_key = header_value(scope, b"x-service-key")
     if service_key is not None:
         return services.service_keys.authenticate(
-            service_key, headers.get("x-on-behalf-of", "")
+            service_key, header_value(scope, b"x-on-behalf-of") or ""
         )
     raise MissingCredentials()
 

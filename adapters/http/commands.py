@@ -12,6 +12,7 @@ from litestar import Request, Response
 from litestar.types import HTTPResponseStartEvent, Scope
 
 from adapters.http.auth import PRINCIPAL_STATE
+from adapters.http.middleware import header_value
 from adapters.http.problems import BadRequest
 from adapters.http.services import ReadAfter, Services
 from application.idempotency import IdempotencyRequest, fingerprint, owner_of
@@ -75,7 +76,7 @@ def respond(answer: Answer) -> Response[Any]:
 
 
 def min_position(request: Request[Any, Any, Any]) -> ReadAfter | None:
-    raw = request.headers.get("x-min-position")
+    raw = header_value(request.scope, b"x-min-position")
     if raw is not None:
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise BadRequest("X-Min-Position must be a non-negative integer")
