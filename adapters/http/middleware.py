@@ -84,6 +84,8 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
 )
 
+_STAMPED = frozenset((b"x-request-id", *(name for name, _ in SECURITY_HEADERS)))
+
 # A client's id is echoed when it is visible ASCII (inner spaces allowed), 1-200 characters:
 # anything a tracing header carries, nothing that could split a header or a log line.
 _CLIENT_ID = re.compile(r"^[!-~](?:[ -~]{0,198}[!-~])?$")
@@ -123,13 +125,14 @@ async def serve_http(
     another await on every message, about a fifth of a quota read's CPU in the server."""
     started = time.perf_counter()
     status = 500
-    token = request_id_var.set(request_id_of(scope))
+    request_id = request_id_of(scope)
+    token = request_id_var.set(request_id)
 
     async def answer(message: Message) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
-            stamp_response(message, scope)
+            stamp_response(message, request_id)
             on_start(message, scope)
         await send(message)
 
@@ -154,13 +157,17 @@ def request_id_of(scope: Scope) -> str:
     return request_id
 
 
-def stamp_response(message: HTTPResponseStartEvent, scope: Scope) -> None:
-    """The request id and the security headers on an answer's start message."""
+def stamp_response(message: HTTPResponseStartEvent, request_id: str) -> None:
+    """The request id and the security headers on an answer's start message (those the
+    answer does not set itself)."""
     headers = list(message.get("headers", ()))
     present = {bytes(name).lower() for name, _ in headers}
-    if b"x-request-id" not in present:
-        headers.append((b"x-request-id", request_id_of(scope).encode()))
-    headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+    if present.isdisjoint(_STAMPED):  # most answers: all of them
+        headers += ((b"x-request-id", request_id.encode()), *SECURITY_HEADERS)
+    else:
+        if b"x-request-id" not in present:
+            headers.append((b"x-request-id", request_id.encode()))
+        headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
     message["headers"] = headers
 
 
