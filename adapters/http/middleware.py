@@ -84,8 +84,6 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
 )
 
-_STAMPED = frozenset((b"x-request-id", *(name for name, _ in SECURITY_HEADERS)))
-
 # A client's id is echoed when it is visible ASCII (inner spaces allowed), 1-200 characters:
 # anything a tracing header carries, nothing that could split a header or a log line.
 _CLIENT_ID = re.compile(r"^[!-~](?:[ -~]{0,198}[!-~])?$")
@@ -162,12 +160,9 @@ def stamp_response(message: HTTPResponseStartEvent, request_id: str) -> None:
     answer does not set itself)."""
     headers = list(message.get("headers", ()))
     present = {bytes(name).lower() for name, _ in headers}
-    if present.isdisjoint(_STAMPED):  # most answers: all of them
-        headers += ((b"x-request-id", request_id.encode()), *SECURITY_HEADERS)
-    else:
-        if b"x-request-id" not in present:
-            headers.append((b"x-request-id", request_id.encode()))
-        headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+    if b"x-request-id" not in present:
+        headers.append((b"x-request-id", request_id.encode()))
+    headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
     message["headers"] = headers
 
 
