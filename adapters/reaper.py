@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -24,6 +25,27 @@ log = logging.getLogger("xentree.reaper")
 def active_session_ids(app: LiveApplication) -> list[UUID]:
     with app.recorder.datastore.get_connection() as conn, conn.cursor() as curs:  # type: ignore[attr-defined]
         curs.execute("SELECT session_id FROM active_sessions ORDER BY since")
+        return [row["session_id"] for row in curs.fetchall()]
+
+
+# A session the server ended while a realtime bridge held it (its quota ran out, its token
+# was revoked) is the bridge's to finalise, with the turn the end cut off, within moments.
+# A live transcript still recording this long after its session ended has lost its bridge:
+# the reaper finalises it. Sessions reaped idle have no bridge; theirs is finalised at once.
+ABANDONED_AFTER_SECONDS = 10.0
+SWEEP_SECONDS = 2.0
+
+
+def abandoned_transcripts(app: LiveApplication, ended_before: datetime) -> list[UUID]:
+    """Sessions that ended before `ended_before` whose live transcript is still recording,
+    as the read models see them (a lagging read model only delays the sweep)."""
+    with app.recorder.datastore.get_connection() as conn, conn.cursor() as curs:  # type: ignore[attr-defined]
+        curs.execute(
+            "SELECT s.session_id FROM rm_transcripts t "
+            "JOIN rm_sessions s ON s.session_id::text = t.session_id "
+            "WHERE t.status = 'recording' AND s.ended_at < %s ORDER BY s.ended_at LIMIT 500",
+            (ended_before,),
+        )
         return [row["session_id"] for row in curs.fetchall()]
 
 
@@ -69,15 +91,31 @@ class Reaper:
                 self._due[session_id] = min(reaped.due, self._now() + timedelta(seconds=recheck))
         return ended
 
+    def finalise_abandoned(self) -> list[UUID]:
+        """Finalise the live transcripts whose bridge went away with their session; the
+        sessions whose transcript this finalised."""
+        cutoff = self._now() - timedelta(seconds=ABANDONED_AFTER_SECONDS)
+        return [
+            session_id
+            for session_id in abandoned_transcripts(self._app, cutoff)
+            if self._app.finalise_abandoned_transcript(session_id, self._now)
+        ]
+
 
 def run_reaper(settings: Settings, stop: threading.Event, now: Callable[[], datetime]) -> None:
     app = build_application(settings)
     reaper = Reaper(app, now)
+    swept_at = 0.0
     try:
         while not stop.is_set():
             try:
                 for session_id, reason in reaper.pass_once().items():
                     log.info("ended session %s: %s", session_id, reason)
+                if time.monotonic() - swept_at >= SWEEP_SECONDS:
+                    swept_at = time.monotonic()
+                    for finalised in reaper.finalise_abandoned():
+                        log.info("finalised the abandoned transcript of session %s",
+                                 finalised)
             except Exception:  # keep reaping after a database blip; the next pass retries
                 log.exception("reaper pass failed")
             stop.wait(settings.reaper_interval_seconds)

@@ -45,7 +45,6 @@ from domain.ids import account_id, api_key_id, ledger_id
 from domain.ledger import UsageLedger
 from domain.periods import period_bounds
 from domain.session import SESSION_TYPES, LiveSession
-from domain.transcript import Transcript
 
 T = TypeVar("T")
 A = TypeVar("A", bound=Aggregate)
@@ -409,7 +408,8 @@ class LiveApplication(
                 self.save(session, ledger)
             except RecordConflictError:
                 continue
-            self._close_live_transcript(session_id, reason, now)
+            # Its transcript is the bridge's to finalise (with a turn the end cut off); if
+            # the bridge is gone too, the reaper's sweep of abandoned transcripts does.
             return True
         return False
 
@@ -430,18 +430,15 @@ class LiveApplication(
             except RecordConflictError:
                 continue
             assert bill.end_reason is not None
-            self._close_live_transcript(session_id, bill.end_reason, now)
+            if bill.end_reason == "idle_timeout":
+                # Nobody heartbeats it, so no realtime bridge holds it any more (a bridge
+                # heartbeats while its socket is open): finalise its transcript now. Other
+                # ends (the quota, the maximum length) may come while a bridge still holds
+                # the session, and the bridge finalises it with the turn the end cut off:
+                # finalising it here first would lose that turn.
+                self.finalise_abandoned_transcript(session_id, now)
             return Reaped(bill.end_reason, None)
         return Reaped(None, None)
-
-    def _close_live_transcript(
-        self, session_id: UUID, reason: str, now: Callable[[], datetime]
-    ) -> None:
-        """A session the server ended may have had a live transcript (the realtime bridge
-        appends each line as it is said); the bridge finalises it, but not if it died
-        with the session: then this does (finalising twice changes nothing)."""
-        if self.load(Transcript, Transcript.live_id(session_id)) is not None:
-            self.finalise_transcript(session_id, reason, now)
 
     def assign_plan(
         self,

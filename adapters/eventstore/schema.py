@@ -214,6 +214,9 @@ CREATE INDEX IF NOT EXISTS rm_transcripts_newest
     ON rm_transcripts (tenant_id, user_id, started_at DESC, created_at DESC, transcript_id DESC);
 CREATE INDEX IF NOT EXISTS rm_transcripts_session
     ON rm_transcripts (tenant_id, user_id, session_id);
+-- Live transcripts still recording: the reaper looks for ones whose session has ended.
+CREATE INDEX IF NOT EXISTS rm_transcripts_recording
+    ON rm_transcripts (session_id) WHERE status = 'recording';
 """
 
 

@@ -9,14 +9,19 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 import msgspec
+import psycopg
 import pytest
 
+from adapters.audit.history import History
+from adapters.audit.rebuild import rebuild
 from adapters.bootstrap import build_application
 from adapters.eventstore.schema import migrate
-from adapters.reaper import RECHECK_SECONDS, Reaper
+from adapters.projector.runner import PROJECTIONS
+from adapters.reaper import ABANDONED_AFTER_SECONDS, RECHECK_SECONDS, Reaper
 from application.live import LiveApplication, Reaped
 from application.principal import Principal
-from application.settings import PlanDefaults, Settings
+from application.settings import PlanDefaults, Settings, parse_database_url
+from domain.transcript import RawEntry, Transcript
 from tests.support.clock import Clock
 from tests.support.services import scratch_database
 
@@ -127,3 +132,76 @@ def test_reap_says_when_a_session_will_be_due(app: LiveApplication) -> None:
     clock.advance(IDLE)
     assert app.reap(UUID(sid), clock) == Reaped("idle_timeout", None)
     assert app.reap(UUID(sid), clock) == Reaped(None, None)
+
+
+def say(app: LiveApplication, sid: str, clock: Clock, *lines: tuple[str, str]) -> None:
+    """Lines of a live session, stored as the realtime bridge stores them."""
+    raws = [RawEntry(role=r, text=t, timestamp=clock().isoformat()) for r, t in lines]
+    app.append_lines(UUID(sid), raws, clock)
+
+
+def live_transcript(app: LiveApplication, sid: str) -> Transcript:
+    transcript = app.load(Transcript, Transcript.live_id(UUID(sid)))
+    assert transcript is not None
+    return transcript
+
+
+def project(app: LiveApplication, *names: str) -> None:
+    """Bring read models up to the event store, as the projector would."""
+    params = parse_database_url(app.settings.database_url)
+    with psycopg.connect(params.as_owner().conninfo(), autocommit=True) as conn:
+        for name in names:
+            rebuild(conn, History(conn, app.mapper), name, PROJECTIONS[name])
+
+
+def test_an_idle_session_s_live_transcript_is_finalised_with_its_end(
+    app: LiveApplication,
+) -> None:
+    """Nobody heartbeats an idle session, so no bridge holds it: nobody else will."""
+    clock, p = Clock(), user()
+    sid = start(app, p, clock)
+    say(app, sid, clock, ("user", "hello"))
+    clock.advance(IDLE)
+    assert Reaper(app, clock).pass_once() == {sid: "idle_timeout"}
+    transcript = live_transcript(app, sid)
+    assert transcript.is_final and transcript.end_reason == "idle_timeout"
+
+
+def test_a_transcript_the_quota_cut_off_is_left_to_its_bridge_then_swept(
+    app: LiveApplication,
+) -> None:
+    """A session that ran out of quota while its bridge held it: the bridge finalises its
+    transcript with the turn the end cut off, so the reaper must not finalise it first; if
+    the bridge is gone too, the reaper's sweep finalises it once the grace has passed."""
+    clock, users = Clock(), (user(), user())
+    for p in users:
+        app.assign_plan(p.tenant_id, p.user_id, "custom", 3, None, clock)
+    bridged, abandoned = (start(app, p, clock) for p in users)
+    for sid in (bridged, abandoned):
+        say(app, sid, clock, ("user", "tell me a long story"))
+    clock.advance(1)
+    for p, sid in zip(users, (bridged, abandoned), strict=True):
+        app.heartbeat(p, sid, clock)
+    clock.advance(2)
+    reaper = Reaper(app, clock)
+    assert reaper.pass_once() == {bridged: "quota_exceeded", abandoned: "quota_exceeded"}
+    for sid in (bridged, abandoned):
+        assert not live_transcript(app, sid).is_final
+    # One bridge is alive: it finalises with the cut-off turn.
+    cut = RawEntry(role="ai", text="Once upon a", timestamp=clock().isoformat())
+    app.finalise_transcript(UUID(bridged), "quota_exceeded", clock, cut)
+    project(app, "sessions", "transcripts")
+    clock.advance(ABANDONED_AFTER_SECONDS - 1)
+    assert reaper.finalise_abandoned() == []  # the other bridge may still come
+    assert not live_transcript(app, abandoned).is_final
+    clock.advance(2)
+    assert reaper.finalise_abandoned() == [UUID(abandoned)]
+    left = live_transcript(app, abandoned)
+    assert left.is_final and left.end_reason == "quota_exceeded"
+    assert [e["text"] for e in left.entries] == ["tell me a long story"]
+    kept = live_transcript(app, bridged)
+    assert kept.end_reason == "quota_exceeded" and kept.entries[-1]["interrupted"] is True
+    # Finalised once: the read model still says recording until projected, and a sweep
+    # meanwhile changes nothing.
+    assert reaper.finalise_abandoned() == []
+    assert live_transcript(app, abandoned).version == left.version
