@@ -148,6 +148,9 @@ CREATE TABLE IF NOT EXISTS projection_partitions (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (projection, partition)
 );
+-- The position up to which every message of the partition of topic `topic_id` has been
+-- read, by the relay's links between messages (see adapters/projector/runner.py).
+ALTER TABLE projection_partitions ADD COLUMN IF NOT EXISTS chain bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS rm_quota (
     ledger_id uuid PRIMARY KEY,

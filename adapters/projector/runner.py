@@ -13,12 +13,18 @@ PostgreSQL, not Kafka's committed offsets, is the truth for progress: on assignm
 partition is sought to the offset after the last one applied there. Rows take an event only
 at the next version of their aggregate, so redelivery and republishing change nothing.
 
-The watermark: a partition's `position` is the highest event position applied from it.
-Each partition holds its aggregates' events in position order (the relay publishes in
-order with one request in flight), so everything at or below it on that partition is
-applied. An idle partition whose consumer position has reached the end offset, measured
-after reading the relay's position R, holds no unapplied event at or below R, so its
-position may rise to R. The minimum over all partitions is then a correct `as_of`.
+The watermark: a partition's `position` is a position up to which every event of the
+partition is applied. The relay publishes each partition in position order, and each
+message names the position of the one published before it to the same partition (the
+`xentree-previous-position` header). The partition's `chain` is how far its messages have
+been read without a hole: a message whose predecessor is at or below the chain extends it
+to the message's own position. The position only rises to the chain, so messages that do
+not link up (a producer's batch that reached a topic recreated under it, ahead of the
+relay's republishing of everything before it) are applied by version but claim nothing.
+An idle partition whose last published event (the relay records it per partition) is
+applied, or whose consumer position has reached the end offset measured after reading the
+relay's position R, holds no unapplied event at or below R, so its position may rise to R.
+The minimum over all partitions is then a correct `as_of`.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from adapters.projector.notices import announce
 from adapters.relay.envelope import Envelope, decode
-from adapters.relay.relay import relay_progress
+from adapters.relay.relay import PREVIOUS_HEADER, relay_progress
 from adapters.relay.topic import TopicMissing, ensure_topic, new_admin, topic_id
 from application.settings import Settings, parse_database_url
 from projections import profile, quota, revocations, sessions, transcripts
@@ -107,6 +113,52 @@ class TopicRecreated(Exception):
     pass
 
 
+Link = tuple[int | None, int | None]  # (previous position named, own position)
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """One read model's progress on one partition: every event of the partition at or
+    below `position` is applied; every message up to `chain` has been read (of the topic
+    now consumed); `offset` is the last Kafka offset applied."""
+
+    position: int = 0
+    offset: int = -1
+    chain: int = 0
+
+    def after(self, links: Sequence[Link], offset: int) -> Tracked:
+        chain = extend_chain(self.chain, links)
+        return Tracked(max(self.position, chain), offset, chain)
+
+
+def extend_chain(chain: int, links: Iterable[Link]) -> int:
+    """How far a partition has been read without a hole, after messages in offset order.
+    A message without a link (published before the relay named predecessors) extends the
+    chain as the old watermark did; an undecodable one, whose position is unknown, passes
+    its link on to the message after it."""
+    carried = False
+    for previous, position in links:
+        linked = carried or previous is None or previous <= chain
+        carried = False
+        if not linked:
+            continue
+        if position is None:
+            carried = True
+        elif position > chain:
+            chain = position
+    return chain
+
+
+def previous_position(record: ConsumerRecord) -> int | None:
+    for name, value in record.headers or ():
+        if name == PREVIOUS_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 WATERMARK = (
     "SELECT count(*) AS partitions, coalesce(min(position), 0) AS mark "
     "FROM projection_partitions WHERE projection = %s"
@@ -148,8 +200,8 @@ class Projector:
         self._topic_checked_at = 0.0
         self._committed_at = 0.0
         self._idle_advanced_at = 0.0
-        # projection -> partition -> (position, kafka_offset) as last recorded.
-        self._progress: dict[str, dict[int, tuple[int, int]]] = {n: {} for n in self.names}
+        # projection -> partition -> its progress as last recorded.
+        self._progress: dict[str, dict[int, Tracked]] = {n: {} for n in self.names}
 
     @property
     def name(self) -> str:
@@ -211,26 +263,34 @@ class Projector:
         """Apply a batch to every read model and record each one's progress, in one
         transaction."""
         envelopes: list[Envelope] = []
-        batch: dict[int, tuple[int, int]] = {}
+        batch: dict[int, tuple[list[Link], int]] = {}
         for tp, records in polled.items():
-            position = 0
+            links: list[Link] = []
             for record in records:
                 try:
                     envelope = decode(record.value)
                 except msgspec.DecodeError:
                     log.error("skipping undecodable message %s@%d", tp, record.offset)
+                    links.append((previous_position(record), None))
                     continue
                 envelopes.append(envelope)
-                position = max(position, envelope.position)
-            batch[tp.partition] = (position, records[-1].offset)
+                links.append((previous_position(record), envelope.position))
+            batch[tp.partition] = (links, records[-1].offset)
         progress = {
             name: {
-                partition: (max(position, self._progress[name].get(partition, (0, -1))[0]),
-                            offset)
-                for partition, (position, offset) in batch.items()
+                partition: self._progress[name].get(partition, Tracked()).after(links, offset)
+                for partition, (links, offset) in batch.items()
             }
             for name in self.names
         }
+        for partition, (links, _) in batch.items():
+            chain = min(progress[name][partition].chain for name in self.names)
+            ahead = max((p for _, p in links if p is not None), default=0)
+            if ahead > chain:
+                # Rare: a topic recreated under a producer, or events missing from Kafka.
+                log.warning("partition %d: messages up to position %d do not link up with "
+                            "what was read (up to %d); the watermark waits for the ones "
+                            "before them", partition, ahead, chain)
         conn = self._connection()
         with conn.transaction():
             changed = {name: self._apply(conn, self.specs[name], envelopes)
@@ -290,27 +350,31 @@ class Projector:
     def _record_progress(
         self,
         conn: psycopg.Connection[Any],
-        progress: Mapping[str, Mapping[int, tuple[int, int]]],
+        progress: Mapping[str, Mapping[int, Tracked]],
     ) -> None:
         entries = [
-            (name, partition, position, offset)
+            (name, partition, t.position, t.offset, t.chain)
             for name, partitions in progress.items()
-            for partition, (position, offset) in partitions.items()
+            for partition, t in partitions.items()
         ]
-        names, partitions, positions, offsets = (list(c) for c in zip(*entries, strict=True))
+        names, partitions, positions, offsets, chains = (
+            list(c) for c in zip(*entries, strict=True)
+        )
         conn.execute(
             "INSERT INTO projection_partitions AS p "
-            "(projection, partition, position, kafka_offset, topic_id) "
-            "SELECT u.projection, u.partition, u.position, u.kafka_offset, %s "
-            "FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[]) "
-            "AS u(projection, partition, position, kafka_offset) "
+            "(projection, partition, position, kafka_offset, chain, topic_id) "
+            "SELECT u.projection, u.partition, u.position, u.kafka_offset, u.chain, %s "
+            "FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+            "AS u(projection, partition, position, kafka_offset, chain) "
             "ON CONFLICT (projection, partition) DO UPDATE SET "
             "position = GREATEST(p.position, EXCLUDED.position), "
             "kafka_offset = CASE WHEN p.topic_id IS DISTINCT FROM EXCLUDED.topic_id "
             "THEN EXCLUDED.kafka_offset "
             "ELSE GREATEST(p.kafka_offset, EXCLUDED.kafka_offset) END, "
+            "chain = CASE WHEN p.topic_id IS DISTINCT FROM EXCLUDED.topic_id "
+            "THEN EXCLUDED.chain ELSE GREATEST(p.chain, EXCLUDED.chain) END, "
             "topic_id = EXCLUDED.topic_id, updated_at = now()",
-            (self._topic_id, names, partitions, positions, offsets),
+            (self._topic_id, names, partitions, positions, offsets, chains),
         )
 
     def _commit_offsets(self, consumer: KafkaConsumer) -> None:
@@ -338,8 +402,14 @@ class Projector:
             if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
                 self._check_topic()
             return
-        if (relay.partitions is not None and relay.topic_id is not None
-                and relay.topic_id == self._topic_id):
+        if relay.topic_id != self._topic_id:
+            # The relay's position is of another topic than the one we consume (it has
+            # not republished to a recreated topic yet, or we have not noticed it): it says
+            # nothing about what this one holds.
+            if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
+                self._check_topic()
+            return
+        if relay.partitions is not None and relay.topic_id is not None:
             # The relay says what it last published to each partition of the topic we
             # consume: a partition whose last event up to `relayed` is applied holds
             # nothing unapplied at or below it. No broker round trip.
@@ -368,13 +438,13 @@ class Projector:
                 announce(conn, projection_watermark(conn, "quota"), ())
         for progress in self._progress.values():
             for partition in caught_up:
-                position, offset = progress.get(partition, (0, -1))
-                progress[partition] = (max(position, relayed), offset)
+                t = progress.get(partition, Tracked())
+                progress[partition] = Tracked(max(t.position, relayed), t.offset, t.chain)
 
     def _applied(self, partition: int) -> int:
         """Every event of `partition` at or below this position is applied, by every read
         model of this projector."""
-        return min(self._progress[n].get(partition, (0, -1))[0] for n in self.names)
+        return min(self._progress[n].get(partition, Tracked()).position for n in self.names)
 
     # ---- the topic and the consumer -------------------------------------------------
 
@@ -404,6 +474,8 @@ class Projector:
             # An empty fetch is held at most this long (see FETCH_MAX_WAIT_MS).
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             fetch_min_bytes=1,
+            # Only ensure_topic creates the topic (with the configured partition count).
+            allow_auto_create_topics=False,
             **CONSUMER_GROUP_CONFIG,
         )
         consumer.subscribe([self.topic], listener=_SeekFromTracking(self, consumer))
@@ -415,6 +487,18 @@ class Projector:
         every partition has been followed."""
         conn = self._connection()
         with conn.transaction():
+            # Tracking of another topic: the position each partition reached there holds
+            # here only as their minimum (with another partition count, a partition's
+            # events are other partitions' here), and the reading starts over.
+            conn.execute(
+                "UPDATE projection_partitions AS p SET position = m.mark, kafka_offset = -1, "
+                "chain = 0, topic_id = NULL, updated_at = now() "
+                "FROM (SELECT projection, min(position) AS mark FROM projection_partitions "
+                "WHERE projection = ANY(%s) GROUP BY projection) AS m "
+                "WHERE p.projection = m.projection AND p.topic_id IS NOT NULL "
+                "AND p.topic_id IS DISTINCT FROM %s",
+                (list(self.names), self._topic_id),
+            )
             conn.execute(
                 "DELETE FROM projection_partitions WHERE projection = ANY(%s) "
                 "AND partition >= %s",
@@ -433,19 +517,22 @@ class Projector:
         """Resume each partition after the last offset every read model applied from this
         same topic (one further ahead skips what it has by aggregate version)."""
         rows = self._connection().execute(
-            "SELECT projection, partition, position, kafka_offset, topic_id "
+            "SELECT projection, partition, position, kafka_offset, chain, topic_id "
             "FROM projection_partitions WHERE projection = ANY(%s)",
             (list(self.names),),
         ).fetchall()
-        tracked = {(n, int(p)): (int(pos), int(off), tid) for n, p, pos, off, tid in rows}
+        tracked = {
+            (n, int(p)): (Tracked(int(pos), int(off), int(chain)), tid)
+            for n, p, pos, off, chain, tid in rows
+        }
         for tp in assigned:
             resume = None
             for name in self.names:
-                position, offset, tid = tracked.get((name, tp.partition), (0, -1, None))
+                t, tid = tracked.get((name, tp.partition), (Tracked(), None))
                 if tid is None or tid != self._topic_id:
-                    offset = -1
-                self._progress[name][tp.partition] = (position, offset)
-                resume = offset if resume is None else min(resume, offset)
+                    t = Tracked(t.position)  # this topic is read from its start
+                self._progress[name][tp.partition] = t
+                resume = t.offset if resume is None else min(resume, t.offset)
             if resume is not None and resume >= 0:
                 consumer.seek(tp, resume + 1)
             else:

@@ -24,6 +24,7 @@ import psycopg
 from eventsourcing.persistence import Notification
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
+from kafka.partitioner.default import murmur2
 from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
@@ -41,7 +42,13 @@ FLUSH_TIMEOUT_SECONDS = 30.0
 # recreated topic is noticed within this, and everything is then republished.
 TOPIC_CHECK_SECONDS = 1.0
 RETRY_SECONDS = 1.0
-HEADERS = [("content-type", b"application/cloudevents+json")]
+CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
+# Each message names the position of the event published before it to the same partition
+# of the same topic (0 for the first): a consumer that has read everything up to that one
+# knows it has now read everything up to this one. Messages a producer sent to a topic
+# recreated under it (a broker that lost its storage) do not link up, so they can never
+# make a consumer claim events it has not read.
+PREVIOUS_HEADER = "xentree-previous-position"
 
 
 def relay_lock_key(topic: str) -> int:
@@ -126,13 +133,13 @@ class Relay:
         """Publish the next batch after the saved position; the number of events published."""
         conn = self._connection()
         topic_id = self._topic_id()
-        position = self._start_position(conn, topic_id)
+        position, published = self._start_position(conn, topic_id)
         notifications = self.app.recorder.select_notifications(
             position, self.settings.relay_batch_size, inclusive_of_start=False
         )
         if not notifications:
             return 0
-        last_by_partition = self._publish(notifications)
+        last_by_partition = self._publish(notifications, published)
         conn.execute(
             "UPDATE relay_position SET position = %s, topic_id = %s, updated_at = now(), "
             "partition_positions = partition_positions || %s::jsonb WHERE topic = %s",
@@ -146,9 +153,14 @@ class Relay:
 
     # ---- steps ----------------------------------------------------------------------
 
-    def _start_position(self, conn: psycopg.Connection[Any], topic_id: str | None) -> int:
+    def _start_position(
+        self, conn: psycopg.Connection[Any], topic_id: str | None
+    ) -> tuple[int, dict[int, int]]:
+        """Where to resume: the saved position, and the last position published to each
+        partition of the topic (both zero for a topic recreated since)."""
         row = conn.execute(
-            "SELECT position, topic_id FROM relay_position WHERE topic = %s", (self.topic,)
+            "SELECT position, topic_id, partition_positions FROM relay_position "
+            "WHERE topic = %s", (self.topic,)
         ).fetchone()
         if row is None:
             conn.execute(
@@ -156,8 +168,9 @@ class Relay:
                 "VALUES (%s, 0, %s, '{}') ON CONFLICT DO NOTHING",
                 (self.topic, topic_id),
             )
-            return 0
+            return 0, {}
         position, stored_id = int(row[0]), row[1]
+        published = {int(k): int(v) for k, v in (row[2] or {}).items()}
         recreated = (
             stored_id != topic_id
             if topic_id is not None and stored_id is not None
@@ -177,24 +190,36 @@ class Relay:
             # partitions than the new one has, it would send to partitions that no longer
             # exist until those sends expire. A new producer reads the new topic's.
             self._close_producer()
-            return 0
-        return position
+            return 0, {}
+        return position, published
 
-    def _publish(self, notifications: Sequence[Notification]) -> dict[int, int]:
-        """Publish in order and wait for the acks; the last position per partition."""
+    def _publish(
+        self, notifications: Sequence[Notification], published: dict[int, int]
+    ) -> dict[int, int]:
+        """Publish in order and wait for the acks; the last position per partition.
+        `published`: the last position already published to each partition."""
         producer = self._producer_()
+        # The producer's own choice of partition (murmur2 of the key), made here so that
+        # each message can name the one before it on its partition.
+        partitions = sorted(producer.partitions_for(self.topic))
+        previous = dict(published)
         futures = []
         for n in notifications:
             event = self.app.mapper.to_domain_event(n)
             owner = self._owners.resolve(n.originator_id, n.originator_version, event)
+            key = str(n.originator_id).encode()
+            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
             futures.append(
                 producer.send(
                     self.topic,
-                    key=str(n.originator_id).encode(),
+                    key=key,
                     value=encode(to_envelope(n, event, owner)),
-                    headers=HEADERS,
+                    headers=[CONTENT_TYPE,
+                             (PREVIOUS_HEADER, b"%d" % previous.get(partition, 0))],
+                    partition=partition,
                 )
             )
+            previous[partition] = n.id
         producer.flush(timeout=FLUSH_TIMEOUT_SECONDS)
         last: dict[int, int] = {}
         for n, f in zip(notifications, futures, strict=True):
@@ -275,6 +300,10 @@ class Relay:
                 enable_idempotence=False,
                 # One request in flight keeps each partition in position order on retries.
                 max_in_flight_requests_per_connection=1,
+                # Only ensure_topic creates the topic, with the configured partitions: a
+                # producer sending to a broker that lost its topics would create it anew
+                # with the broker's default count.
+                allow_auto_create_topics=False,
                 linger_ms=5,
                 request_timeout_ms=10_000,
                 delivery_timeout_ms=25_000,

@@ -11,13 +11,16 @@ from uuid import UUID
 import msgspec
 import psycopg
 import pytest
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from psycopg.rows import dict_row
 
 from adapters.bootstrap import build_application
 from adapters.eventstore.schema import migrate
 from adapters.projector.runner import Projector, projection_watermark
 from adapters.readmodels import quota_row, session_row, session_rows, watermark
-from adapters.relay.relay import Relay, relay_position
+from adapters.relay.envelope import encode, to_envelope
+from adapters.relay.relay import PREVIOUS_HEADER, Relay, relay_position
 from application.live import LiveApplication
 from application.principal import Principal
 from application.settings import Settings
@@ -294,5 +297,66 @@ def test_quiet_partitions_do_not_hold_the_watermark_back(
             if watermark(conn, "sessions") >= first:
                 return
         raise AssertionError("the watermark stayed behind the quiet partitions")
+    finally:
+        projector.close()
+
+
+def as_records(
+    app: LiveApplication, owner: Principal, sid: str
+) -> tuple[list[ConsumerRecord], list[int]]:
+    """The session's events as the relay publishes them to one partition (each message
+    names the position of the one before it), and their positions."""
+    stored = [n for n in app.recorder.select_notifications(0, 100_000)
+              if str(n.originator_id) == sid]
+    records, previous = [], 0
+    for offset, n in enumerate(stored):
+        envelope = to_envelope(n, app.mapper.to_domain_event(n),
+                               (owner.tenant_id, owner.user_id))
+        records.append(ConsumerRecord(
+            "t", 0, 0, offset, 0, 0, sid.encode(), encode(envelope),
+            [(PREVIOUS_HEADER, b"%d" % previous)], None, -1, -1, -1))
+        previous = n.id
+    return records, [n.id for n in stored]
+
+
+def test_a_batch_that_reached_a_recreated_topic_first_claims_nothing(
+    settings: Settings, app: LiveApplication, conn: psycopg.Connection[Any]
+) -> None:
+    """A broker that lost its storage while the relay's producer held a batch: the batch
+    reaches the recreated topic ahead of everything before it, which the relay then
+    publishes again. The projector applies the batch's events by version (none here: their
+    session has no row yet), and the watermark must not claim the events before them."""
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    for _ in range(4):
+        clock.advance(1)
+        app.heartbeat(p, sid, clock)
+    records, positions = as_records(app, p, sid)
+    assert len(records) == 5
+    stale, republished = records[3:], records
+    tp = TopicPartition("t", 0)
+    projector = Projector(settings, "sessions", group_id=f"x.{secrets.token_hex(4)}")
+
+    def applied_up_to_watermark() -> int:
+        mark = watermark(conn, "sessions")
+        row = session_row(conn, p.tenant_id, p.user_id, sid)
+        below = conn.execute(
+            "SELECT count(*) FROM xentree_live_events "
+            "WHERE originator_id = %s AND notification_id <= %s", (UUID(sid), mark),
+        ).fetchone()
+        assert below is not None
+        assert (row["version"] if row else 0) >= below[0], "the watermark claims a hole"
+        return mark
+
+    try:
+        projector.apply_records({tp: stale})
+        assert session_row(conn, p.tenant_id, p.user_id, sid) is None
+        assert applied_up_to_watermark() == 0
+        projector.apply_records({tp: republished[:2]})
+        assert applied_up_to_watermark() == positions[1]
+        projector.apply_records({tp: republished[2:]})
+        row = session_row(conn, p.tenant_id, p.user_id, sid)
+        assert row is not None and row["version"] == 5 and row["session_seconds"] == 4
+        assert applied_up_to_watermark() == positions[-1]
     finally:
         projector.close()

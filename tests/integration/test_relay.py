@@ -103,12 +103,13 @@ def covers(settings: Settings, upto: int) -> Callable[[Records], bool]:
     return lambda records: {e.position for _, _, e in records} >= wanted
 
 
-def read_topic(settings: Settings, upto: int, timeout: float) -> Records:
+def read_topic(settings: Settings, upto: int, timeout: float) -> tuple[Records, dict[int, int]]:
     """Everything on the topic once it holds every event up to `upto`, read by a new
-    reader (one made before the topic was recreated could hold the old one's metadata)."""
+    reader (one made before the topic was recreated could hold the old one's metadata),
+    and how far each partition's messages link up."""
     reader = TopicReader(settings.kafka_bootstrap, settings.kafka_topic)
     try:
-        return reader.read_until(covers(settings, upto), timeout=timeout)
+        return reader.read_until(covers(settings, upto), timeout=timeout), reader.chains()
     finally:
         reader.close()
 
@@ -132,8 +133,13 @@ def test_publishes_in_order_keyed_by_aggregate(
         by_aggregate[e.subject].append((partition, e.aggregateversion))
         assert e.id == f"{e.subject}:{e.aggregateversion}"
         assert e.tenantid and e.userid  # resolved from the first event for later ones
-    for positions in by_partition.values():
+    for partition, positions in by_partition.items():
         assert positions == sorted(positions) and len(set(positions)) == len(positions)
+        # Each message names the one before it on its partition (0: none), so a reader
+        # can tell it has read everything up to a position without a hole.
+        named = [reader.previous[p, o] for p, o, _ in records if p == partition]
+        assert named == [0, *positions[:-1]]
+    assert reader.chains() == {p: max(ps) for p, ps in by_partition.items()}
     for stream in by_aggregate.values():
         assert len({p for p, _ in stream}) == 1  # one partition per aggregate
         assert [v for _, v in stream] == list(range(1, len(stream) + 1))
@@ -173,6 +179,9 @@ def test_resumes_after_a_crash_without_losing_events(
     with running(relay.run_forever):
         wait_until(lambda: published(settings) == total, 20, "the relay to catch up")
     reader.read_until(covers(settings, total))
+    # The tail published again after the crash links up like the first time: read in
+    # order, every partition's links reach its last event.
+    assert reader.chains() == last_positions(reader)
 
 
 def test_a_standby_takes_over_when_the_active_relay_stops(
@@ -203,7 +212,7 @@ def test_a_recreated_topic_is_republished_from_the_start(
         kafka_broker.restart()
         after = some_sessions(app, 2)
         # The broker forgot everything: all of it must come back, not just the new part.
-        records = read_topic(settings, after, timeout=25)
+        records, _ = read_topic(settings, after, timeout=25)
         # What it says it published to each partition is of the new topic only.
         wait_until(lambda: published(settings) >= after, 10, "the relay to record it")
         with psycopg.connect(settings.database_url) as conn:
@@ -214,6 +223,22 @@ def test_a_recreated_topic_is_republished_from_the_start(
         assert progress.partitions is not None
         assert {p: n for p, n in progress.partitions.items() if n <= after} == {
             p: n for p, n in last.items() if n <= after}
+        # Republished from the start, the new topic's messages link up from its start
+        # (whatever the old producer may have sent there first links to nothing in it):
+        # once all of it is read, each partition's links reach its last message.
+        reader = TopicReader(settings.kafka_bootstrap, settings.kafka_topic)
+        try:
+            wait_until(lambda: reader.poll() and reader.chains() == last_positions(reader),
+                       15, "every partition to link up")
+        finally:
+            reader.close()
+
+
+def last_positions(reader: TopicReader) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for partition, _offset, e in reader.records:
+        last[partition] = max(last.get(partition, 0), e.position)
+    return last
 
 
 def stored_topic_id(settings: Settings) -> str | None:
@@ -241,5 +266,5 @@ def test_a_topic_recreated_with_fewer_partitions_is_republished_onto_the_ones_it
         wait_until(lambda: stored_topic_id(one) not in (None, old_id), 15,
                    "the relay to create the topic again")
         after = some_sessions(app, 2)
-        records = read_topic(one, after, timeout=15)
+        records, _ = read_topic(one, after, timeout=15)
     assert {partition for partition, _offset, _e in records} == {0}

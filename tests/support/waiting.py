@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from kafka import KafkaConsumer, TopicPartition
 
+from adapters.projector.runner import Link, extend_chain, previous_position
 from adapters.relay.envelope import Envelope, decode
 
 T = TypeVar("T")
@@ -36,6 +37,8 @@ class TopicReader:
         self.topic = topic
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
         self.records: list[tuple[int, int, Envelope]] = []  # (partition, offset, envelope)
+        # (partition, offset) -> the position the message names as its predecessor's.
+        self.previous: dict[tuple[int, int], int | None] = {}
         self._assigned = False
 
     def _assign(self) -> bool:
@@ -53,7 +56,15 @@ class TopicReader:
             return self.records
         for tp, batch in self.consumer.poll(timeout_ms=200).items():
             self.records.extend((tp.partition, r.offset, decode(r.value)) for r in batch)
+            self.previous.update(((tp.partition, r.offset), previous_position(r)) for r in batch)
         return self.records
+
+    def chains(self) -> dict[int, int]:
+        """How far each partition read so far links up from its start (see the projector)."""
+        links: dict[int, list[Link]] = {}
+        for partition, offset, e in sorted(self.records, key=lambda r: (r[0], r[1])):
+            links.setdefault(partition, []).append((self.previous[partition, offset], e.position))
+        return {p: extend_chain(0, ls) for p, ls in links.items()}
 
     def read_until(
         self, done: Callable[[list[tuple[int, int, Envelope]]], bool], timeout: float = 20.0

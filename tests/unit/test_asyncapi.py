@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 import yaml
 
+from adapters.relay.relay import PREVIOUS_HEADER
+
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXTENSIONS = ("tenantid", "userid", "position", "aggregatetype", "aggregateversion")
 
@@ -34,6 +36,7 @@ def test_the_topic_and_its_envelope() -> None:
     assert trait["headers"]["properties"]["content-type"]["const"] == (
         "application/cloudevents+json"
     )
+    assert set(trait["headers"]["required"]) == {"content-type", PREVIOUS_HEADER}
     assert "aggregate id" in trait["bindings"]["kafka"]["key"]["description"]
     envelope = doc["components"]["schemas"]["CloudEventEnvelope"]["properties"]
     for extension in EXTENSIONS:
