@@ -35,8 +35,6 @@ from adapters.http.sessions import SessionController
 from adapters.http.transcripts import TranscriptController
 from application.settings import Settings, load_settings
 
-EXECUTOR_THREADS = 40
-
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Litestar:
     settings = settings or load_settings()
@@ -44,10 +42,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned = services is None
-        # The threads of blocking work (commands on the event store): as many as anyio's
-        # default, which the API used before; the pools bound the database connections.
+        # The threads of blocking work (commands on the event store); the pools bound the
+        # database connections (README "Tuning").
         asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="xentree-api")
+            ThreadPoolExecutor(max_workers=settings.api_threads, thread_name_prefix="xentree-api")
         )
         app.state.services = services or build_services(settings)
         await app.state.services.start()

@@ -1,4 +1,4 @@
-"""Settings from the environment: the topic's partition count."""
+"""Settings from the environment: the topic's partition count, the API's threads."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def test_a_partition_count_below_one_is_refused_with_the_variable_named(raw: str
 def test_a_partition_count_that_is_no_integer_is_refused() -> None:
     with pytest.raises(ValueError, match=r"XENTREE_KAFKA_PARTITIONS must be an integer"):
         load_settings({"XENTREE_KAFKA_PARTITIONS": "four"})
+
+
+def test_the_api_threads_are_settable_and_at_least_one() -> None:
+    assert load_settings({}).api_threads == 40
+    assert load_settings({"XENTREE_API_THREADS": "8"}).api_threads == 8
+    with pytest.raises(ValueError, match=r"XENTREE_API_THREADS must be at least 1"):
+        load_settings({"XENTREE_API_THREADS": "0"})
