@@ -276,13 +276,16 @@ class Projector:
                 envelopes.append(envelope)
                 links.append((previous_position(record), envelope.position))
             batch[tp.partition] = (links, records[-1].offset)
-        progress = {
-            name: {
-                partition: self._progress[name].get(partition, Tracked()).after(links, offset)
-                for partition, (links, offset) in batch.items()
-            }
-            for name in self.names
-        }
+        # The read models of one consumer mostly stand at the same place: each distinct
+        # starting point is followed along the batch once.
+        followed: dict[tuple[int, Tracked], Tracked] = {}
+        progress: dict[str, dict[int, Tracked]] = {name: {} for name in self.names}
+        for name in self.names:
+            for partition, (links, offset) in batch.items():
+                start = self._progress[name].get(partition, Tracked())
+                if (partition, start) not in followed:
+                    followed[partition, start] = start.after(links, offset)
+                progress[name][partition] = followed[partition, start]
         for partition, (links, _) in batch.items():
             chain = min(progress[name][partition].chain for name in self.names)
             ahead = max((p for _, p in links if p is not None), default=0)
