@@ -95,11 +95,14 @@ class Reaper:
         """Finalise the live transcripts whose bridge went away with their session; the
         sessions whose transcript this finalised."""
         cutoff = self._now() - timedelta(seconds=ABANDONED_AFTER_SECONDS)
-        return [
-            session_id
-            for session_id in abandoned_transcripts(self._app, cutoff)
-            if self._app.finalise_abandoned_transcript(session_id, self._now)
-        ]
+        finalised = []
+        for session_id in abandoned_transcripts(self._app, cutoff):
+            try:
+                if self._app.finalise_abandoned_transcript(session_id, self._now):
+                    finalised.append(session_id)
+            except Exception:  # one that cannot be finalised must not hold up the others
+                log.exception("finalising the transcript of session %s failed", session_id)
+        return finalised
 
 
 def run_reaper(settings: Settings, stop: threading.Event, now: Callable[[], datetime]) -> None:

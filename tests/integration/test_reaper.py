@@ -205,3 +205,31 @@ def test_a_transcript_the_quota_cut_off_is_left_to_its_bridge_then_swept(
     # meanwhile changes nothing.
     assert reaper.finalise_abandoned() == []
     assert live_transcript(app, abandoned).version == left.version
+
+
+def test_a_transcript_that_cannot_be_finalised_does_not_hold_up_the_others(
+    app: LiveApplication,
+) -> None:
+    clock, users = Clock(), (user(), user())
+    sids = []
+    for p in users:
+        app.assign_plan(p.tenant_id, p.user_id, "custom", 1, None, clock)
+        sids.append(start(app, p, clock))
+        say(app, sids[-1], clock, ("user", "hello"))
+    clock.advance(2)
+    reaper = Reaper(app, clock)
+    assert set(reaper.pass_once().values()) == {"quota_exceeded"}
+    project(app, "sessions", "transcripts")
+    clock.advance(ABANDONED_AFTER_SECONDS + 1)
+    finalise = app.finalise_abandoned_transcript
+    broken = UUID(sids[0])
+
+    def failing(session_id: UUID, now: Callable[[], datetime]) -> bool:
+        if session_id == broken:
+            raise RuntimeError("a database blip")
+        return finalise(session_id, now)
+
+    app.finalise_abandoned_transcript = failing  # type: ignore[method-assign]
+    assert reaper.finalise_abandoned() == [UUID(sids[1])]
+    app.finalise_abandoned_transcript = finalise  # type: ignore[method-assign]
+    assert reaper.finalise_abandoned() == [broken]  # the next sweep takes it
