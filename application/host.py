@@ -4,6 +4,7 @@ into: the LiveApplication's plumbing, typed as a protocol so each mixin stays it
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 from uuid import UUID
 
@@ -14,6 +15,7 @@ from application.principal import Principal
 from application.results import Answer
 from application.settings import Settings
 from domain.session import LiveSession
+from domain.transcript import RawEntry
 
 if TYPE_CHECKING:
     from application.live import Decision
@@ -28,6 +30,14 @@ class Host(Protocol):
 
     def command(
         self, decide: Callable[[], Decision], idem: IdempotencyRequest | None
+    ) -> Answer: ...
+
+    def finalise_transcript(
+        self,
+        session_id: UUID,
+        end_reason: str,
+        now: Callable[[], datetime],
+        cut_off: RawEntry | None = None,
     ) -> Answer: ...
 
     def _plan_for(self, tenant_id: str, user_id: str) -> tuple[str, int, int]: ...

@@ -110,21 +110,12 @@ class TranscriptUseCases:
         realtime bridge went away with it), with the session's own end reason. False when
         there is nothing to do: no live transcript, one already final, or a session that
         has not ended."""
-        live_id = Transcript.live_id(session_id)
-        transcript = self.load(Transcript, live_id)
+        transcript = self.load(Transcript, Transcript.live_id(session_id))
         session = self.load(LiveSession, session_id)
         if (transcript is None or transcript.is_final or session is None
-                or session.ended_at is None):
+                or session.end_reason is None):
             return False
-        ended_at, end_reason = session.ended_at, session.end_reason
-
-        def decide() -> tuple[tuple[Transcript], int, TranscriptStored]:
-            current = self.load(Transcript, live_id)  # again: a retry sees the latest
-            assert current is not None
-            current.finalise(ended_at, end_reason)  # a second finalise changes nothing
-            return (current,), 200, _stored(current)
-
-        self.command(decide, None)
+        self.finalise_transcript(session_id, session.end_reason, now)
         return True
 
 

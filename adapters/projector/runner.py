@@ -247,8 +247,7 @@ class Projector:
             time.sleep(self.settings.projection_linger_ms / 1000)
         if time.monotonic() - self._committed_at > OFFSET_COMMIT_SECONDS:
             self._commit_offsets(consumer)
-        if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
-            self._check_topic()
+        self._check_topic_when_due()
         return count
 
     def close(self) -> None:
@@ -276,16 +275,13 @@ class Projector:
                 envelopes.append(envelope)
                 links.append((previous_position(record), envelope.position))
             batch[tp.partition] = (links, records[-1].offset)
-        # The read models of one consumer mostly stand at the same place: each distinct
-        # starting point is followed along the batch once.
-        followed: dict[tuple[int, Tracked], Tracked] = {}
-        progress: dict[str, dict[int, Tracked]] = {name: {} for name in self.names}
-        for name in self.names:
-            for partition, (links, offset) in batch.items():
-                start = self._progress[name].get(partition, Tracked())
-                if (partition, start) not in followed:
-                    followed[partition, start] = start.after(links, offset)
-                progress[name][partition] = followed[partition, start]
+        progress = {
+            name: {
+                partition: self._progress[name].get(partition, Tracked()).after(links, offset)
+                for partition, (links, offset) in batch.items()
+            }
+            for name in self.names
+        }
         for partition, (links, _) in batch.items():
             chain = min(progress[name][partition].chain for name in self.names)
             ahead = max((p for _, p in links if p is not None), default=0)
@@ -402,15 +398,13 @@ class Projector:
         relayed = relay.position
         behind = [tp for tp in assigned if self._applied(tp.partition) < relayed]
         if not behind:
-            if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
-                self._check_topic()
+            self._check_topic_when_due()
             return
         if relay.topic_id != self._topic_id:
             # The relay's position is of another topic than the one we consume (it has
             # not republished to a recreated topic yet, or we have not noticed it): it says
             # nothing about what this one holds.
-            if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
-                self._check_topic()
+            self._check_topic_when_due()
             return
         if relay.partitions is not None and relay.topic_id is not None:
             # The relay says what it last published to each partition of the topic we
@@ -419,8 +413,7 @@ class Projector:
             published = relay.partitions
             caught_up = [tp.partition for tp in behind
                          if self._applied(tp.partition) >= published.get(tp.partition, 0)]
-            if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
-                self._check_topic()
+            self._check_topic_when_due()
         else:
             # The end offsets and our positions must be of the topic we consume: a
             # recreated topic's offsets say nothing about what we applied from the old one.
@@ -450,6 +443,10 @@ class Projector:
         return min(self._progress[n].get(partition, Tracked()).position for n in self.names)
 
     # ---- the topic and the consumer -------------------------------------------------
+
+    def _check_topic_when_due(self) -> None:
+        if time.monotonic() - self._topic_checked_at > TOPIC_CHECK_SECONDS:
+            self._check_topic()
 
     def _check_topic(self) -> None:
         self._topic_checked_at = time.monotonic()

@@ -158,19 +158,16 @@ class Relay:
     ) -> tuple[int, dict[int, int]]:
         """Where to resume: the saved position, and the last position published to each
         partition of the topic (both zero for a topic recreated since)."""
-        row = conn.execute(
-            "SELECT position, topic_id, partition_positions FROM relay_position "
-            "WHERE topic = %s", (self.topic,)
-        ).fetchone()
-        if row is None:
+        progress = relay_progress(conn, self.topic)
+        if progress.position == 0 and progress.partitions is None:
+            # Nothing published yet (no row, or one from before partitions were recorded).
             conn.execute(
                 "INSERT INTO relay_position (topic, position, topic_id, partition_positions) "
                 "VALUES (%s, 0, %s, '{}') ON CONFLICT DO NOTHING",
                 (self.topic, topic_id),
             )
             return 0, {}
-        position, stored_id = int(row[0]), row[1]
-        published = {int(k): int(v) for k, v in (row[2] or {}).items()}
+        position, stored_id = progress.position, progress.topic_id
         recreated = (
             stored_id != topic_id
             if topic_id is not None and stored_id is not None
@@ -191,7 +188,7 @@ class Relay:
             # exist until those sends expire. A new producer reads the new topic's.
             self._close_producer()
             return 0, {}
-        return position, published
+        return position, progress.partitions or {}
 
     def _publish(
         self, notifications: Sequence[Notification], published: dict[int, int]
