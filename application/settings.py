@@ -82,7 +82,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     readiness_max_lag: int = 1000
     db_pool_size: int = 8
     db_max_overflow: int = 8
-    # Threads per API process running blocking work (commands on the event store).
+    # Threads per API process running commands on the event store (the write path), and
+    # threads for the rest of its blocking work (reads in threads, audit, readiness).
+    command_threads: int = 8
     api_threads: int = 40
     # Relay and projections.
     relay_batch_size: int = 500
@@ -285,6 +287,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         readiness_max_lag=_int(env, "XENTREE_READINESS_MAX_LAG", d.readiness_max_lag),
         db_pool_size=_int(env, "XENTREE_DB_POOL_SIZE", d.db_pool_size),
         db_max_overflow=_int(env, "XENTREE_DB_MAX_OVERFLOW", d.db_max_overflow),
+        command_threads=_int(env, "XENTREE_API_COMMAND_THREADS", d.command_threads, minimum=1),
         api_threads=_int(env, "XENTREE_API_THREADS", d.api_threads, minimum=1),
         relay_batch_size=_int(env, "XENTREE_RELAY_BATCH_SIZE", d.relay_batch_size),
         relay_poll_seconds=float(

@@ -15,7 +15,7 @@ from adapters.auth.api_keys import (
 )
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http.auth import BEARER_ONLY, guarded, principal_of
-from adapters.http.commands import idempotency, in_thread, respond, services_of
+from adapters.http.commands import idempotency, in_command_thread, in_thread, respond, services_of
 from adapters.http.schemas import KEY_PROBLEMS
 from application.results import ApiKeyInfo, ApiKeyIssued
 
@@ -45,7 +45,8 @@ class ApiKeyController(Controller):
         idem = await idempotency(request, principal)
         key_id, key = generate_api_key()
         key_hash = hash_api_key(key, services.pepper)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.issue_api_key(
                 principal, key_id, key_hash, data.name, sorted(scopes), services.now, idem
             )
@@ -89,7 +90,8 @@ class ApiKeyController(Controller):
     async def revoke(self, request: Request[Any, Any, Any], key_id: str) -> Response[ApiKeyInfo]:
         services = services_of(request)
         principal = principal_of(request)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.revoke_api_key(principal, key_id, services.now)
         )
         return respond(answer)

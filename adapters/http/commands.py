@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import msgspec
@@ -29,13 +30,19 @@ def services_of(request: Request[Any, Any, Any]) -> Services:
     return services
 
 
-async def in_thread(fn: Callable[[], T]) -> T:
+async def in_thread(fn: Callable[[], T], executor: Executor | None = None) -> T:
     """Run blocking work (the event store, psycopg) off the event loop, in the loop's
-    executor (the app's lifespan sizes it), with the request's context (its id, for logs).
-    Plainer than anyio's thread hop, which cost a tenth of a heartbeat's CPU."""
+    executor (the app's lifespan sizes it) or the one given, with the request's context
+    (its id, for logs). Plainer than anyio's thread hop, which cost a tenth of a
+    heartbeat's CPU."""
     return await asyncio.get_running_loop().run_in_executor(
-        None, contextvars.copy_context().run, fn
+        executor, contextvars.copy_context().run, fn
     )
+
+
+async def in_command_thread(services: Services, fn: Callable[[], T]) -> T:
+    """Run a command on the event store in the command threads (README "Tuning")."""
+    return await in_thread(fn, services.commands)
 
 
 async def idempotency(

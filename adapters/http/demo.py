@@ -17,7 +17,7 @@ from litestar.exceptions import NotFoundException
 
 from adapters.auth.identifiers import MAX_IDENTIFIER_LENGTH, is_valid_identifier
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
-from adapters.http.commands import in_thread, services_of
+from adapters.http.commands import in_command_thread, services_of
 from adapters.http.integration import GrantIssued, IntegrationController
 from application.principal import Principal
 from domain.errors import InvalidValue
@@ -84,7 +84,8 @@ class DemoController(Controller):
             scopes=frozenset({LIVE_READ, LIVE_WRITE}),
             credential="bearer",
         )
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.grant_integration_token(
                 granter, data.user, [LIVE_READ, LIVE_WRITE], MAX_TTL_SECONDS, services.now
             )

@@ -20,7 +20,7 @@ from adapters.auth.jwk import jwk_thumbprint, key_from_jwk
 from adapters.auth.scopes import INTEGRATION_MANAGE, INTEGRATION_VERIFY
 from adapters.http.auth import BEARER_ONLY, authenticate, guarded, principal_of, security_for
 from adapters.http.bodies import invalid_body, strict
-from adapters.http.commands import idempotency, in_thread, respond, services_of
+from adapters.http.commands import idempotency, in_command_thread, in_thread, respond, services_of
 from adapters.http.problems import BadRequest, Problem, rate_limit_headers
 from adapters.http.schemas import KEY_PROBLEMS
 from adapters.http.services import Services
@@ -202,7 +202,8 @@ class IntegrationController(Controller):
         if not is_valid_identifier(data.subject):
             raise InvalidValue("subject", "must be 1-200 characters without whitespace")
         idem = await idempotency(request, principal)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.grant_integration_token(
                 principal, data.subject, data.scopes, data.ttl_seconds, services.now, idem
             )
@@ -260,7 +261,7 @@ class IntegrationController(Controller):
                 principal, verified.claims.jti, services.now, idem
             )
 
-        answer = await in_thread(run)
+        answer = await in_command_thread(services, run)
         return _counted_answer(request, await self._issued(request, answer))
 
     @post(
@@ -294,7 +295,7 @@ class IntegrationController(Controller):
                 principal, jti, data.reason, services.now, idem
             )
 
-        return respond(await in_thread(run))
+        return respond(await in_command_thread(services, run))
 
     @post(
         "/revoke-all",
@@ -313,7 +314,8 @@ class IntegrationController(Controller):
         if data.issued_before.tzinfo is None:
             raise InvalidValue("issued_before", "must be an RFC 3339 time with an offset")
         idem = await idempotency(request, principal)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.revoke_all_integration_tokens(
                 principal, data.issued_before, services.now, idem
             )
@@ -335,7 +337,8 @@ class IntegrationController(Controller):
         if (await request.body()).strip():
             await strict(request, RotateKeyRequest)
         idem = await idempotency(request, principal)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.rotate_signing_key(principal, services.now, idem)
         )
         return respond(answer)

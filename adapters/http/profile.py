@@ -12,7 +12,14 @@ from litestar.exceptions import ValidationException
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http.auth import guarded, principal_of
 from adapters.http.bodies import invalid_body
-from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
+from adapters.http.commands import (
+    idempotency,
+    in_command_thread,
+    in_thread,
+    min_position,
+    respond,
+    services_of,
+)
 from adapters.http.schemas import NICKNAME_PROBLEMS, READ_PROBLEMS
 from adapters.readmodels import profile_row
 from application.results import Profile
@@ -72,7 +79,8 @@ class ProfileController(Controller):
         services = services_of(request)
         principal = principal_of(request)
         idem = await idempotency(request, principal)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.set_nickname(principal, data.nickname, idem)
         )
         return respond(answer)

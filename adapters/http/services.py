@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -92,6 +93,9 @@ class Services:
     async_reads: AsyncReads | None = None
     # The quota read model in memory, kept coherent by the projector's notifications.
     quota_cache: QuotaCache | None = None
+    # The threads that run commands on the event store (the app's lifespan makes them;
+    # None: the loop's default executor).
+    commands: Executor | None = None
 
     async def start(self) -> None:
         if self.async_reads is not None:

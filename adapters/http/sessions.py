@@ -13,7 +13,13 @@ from litestar.params import Parameter
 
 from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http.auth import guarded, principal_of
-from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
+from adapters.http.commands import (
+    idempotency,
+    in_command_thread,
+    min_position,
+    respond,
+    services_of,
+)
 from adapters.http.integration import end_if_token_revoked
 from adapters.http.problems import BadRequest
 from adapters.http.schemas import COMMAND_PROBLEMS, READ_PROBLEMS
@@ -104,13 +110,16 @@ class SessionController(Controller):
         services = services_of(request)
         principal = principal_of(request)
         idem = await idempotency(request, principal)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.start_session(
                 principal, data.session_type, services.now, idem
             )
         )
         if principal.credential == "integration":
-            await in_thread(lambda: end_if_token_revoked(services, principal, answer))
+            await in_command_thread(
+                services, lambda: end_if_token_revoked(services, principal, answer)
+            )
         return respond(answer)
 
     @post(
@@ -127,7 +136,8 @@ class SessionController(Controller):
         services = services_of(request)
         principal = principal_of(request)
         idem = await idempotency(request, principal)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.heartbeat(principal, data.session_id, services.now, idem)
         )
         return respond(answer)
@@ -146,7 +156,8 @@ class SessionController(Controller):
         services = services_of(request)
         principal = principal_of(request)
         idem = await idempotency(request, principal)
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.end_session(
                 principal, data.session_id, data.reason, services.now, idem
             )

@@ -17,7 +17,14 @@ from adapters.auth.scopes import LIVE_READ, LIVE_WRITE
 from adapters.http import cursor as cursors
 from adapters.http.auth import NOT_API_KEY, guarded, principal_of
 from adapters.http.bodies import invalid_body, strict
-from adapters.http.commands import idempotency, in_thread, min_position, respond, services_of
+from adapters.http.commands import (
+    idempotency,
+    in_command_thread,
+    in_thread,
+    min_position,
+    respond,
+    services_of,
+)
 from adapters.http.problems import BadRequest
 from adapters.http.schemas import READ_PROBLEMS, TRANSCRIPT_PROBLEMS
 from adapters.readmodels import transcript_row, transcript_rows
@@ -158,7 +165,8 @@ class TranscriptController(Controller):
             RawEntry(role=e.role, text=e.text, timestamp=e.timestamp, interrupted=e.interrupted)
             for e in data.transcripts
         ]
-        answer = await in_thread(
+        answer = await in_command_thread(
+            services,
             lambda: services.live.submit_transcript(
                 principal,
                 data.session_started_at,

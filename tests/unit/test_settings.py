@@ -29,3 +29,10 @@ def test_the_api_threads_are_settable_and_at_least_one() -> None:
     assert load_settings({"XENTREE_API_THREADS": "8"}).api_threads == 8
     with pytest.raises(ValueError, match=r"XENTREE_API_THREADS must be at least 1"):
         load_settings({"XENTREE_API_THREADS": "0"})
+
+
+def test_the_command_threads_are_settable_and_at_least_one() -> None:
+    assert load_settings({}).command_threads == 8
+    assert load_settings({"XENTREE_API_COMMAND_THREADS": "3"}).command_threads == 3
+    with pytest.raises(ValueError, match=r"XENTREE_API_COMMAND_THREADS must be at least 1"):
+        load_settings({"XENTREE_API_COMMAND_THREADS": "0"})
