@@ -42,19 +42,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned = services is None
-        # The threads of blocking work; the pools bound the database connections (README
-        # "Tuning"). Commands on the event store have fewer threads of their own: they
-        # hold the interpreter most of the time they run, and more of them at once only
-        # contend for it (and wait on each other's appends); the other blocking work (an
-        # audit replay, a read waiting on a slow database) cannot hold them up.
+        # The threads of blocking work other than commands (which have their own, made by
+        # the services' start); the pools bound the database connections (README "Tuning").
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=settings.api_threads, thread_name_prefix="xentree-api")
         )
-        commands = ThreadPoolExecutor(
-            max_workers=settings.command_threads, thread_name_prefix="xentree-command"
-        )
         app.state.services = services or build_services(settings)
-        app.state.services.commands = commands
         await app.state.services.start()
         # Everything built so far lives as long as the process: out of the collector's
         # sight, so a full collection scans only what requests create (its pauses were
@@ -65,8 +58,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             yield
         finally:
             await app.state.services.stop()
-            app.state.services.commands = None
-            commands.shutdown(wait=False)
             if owned:
                 app.state.services.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,11 +93,17 @@ class Services:
     async_reads: AsyncReads | None = None
     # The quota read model in memory, kept coherent by the projector's notifications.
     quota_cache: QuotaCache | None = None
-    # The threads that run commands on the event store (the app's lifespan makes them;
-    # None: the loop's default executor).
-    commands: Executor | None = None
+    # The threads that run commands on the event store, from `start` to `stop` (None:
+    # the loop's default executor). Fewer than the other blocking work has: a command
+    # holds the interpreter most of the time it runs, and more of them at once only
+    # contend for it (and wait on each other's appends); an audit replay or a read
+    # waiting on a slow database cannot hold them up.
+    commands: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        self.commands = ThreadPoolExecutor(
+            max_workers=self.settings.command_threads, thread_name_prefix="xentree-command"
+        )
         if self.async_reads is not None:
             await self.async_reads.open()
         if self.quota_cache is not None:
@@ -108,6 +114,9 @@ class Services:
             await self.quota_cache.stop()
         if self.async_reads is not None:
             await self.async_reads.close()
+        commands, self.commands = self.commands, None
+        if commands is not None:
+            commands.shutdown(wait=False)
 
     @asynccontextmanager
     async def aread(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
