@@ -35,6 +35,7 @@ from adapters.auth.dev_issuer import DevIssuer
 from application.settings import Settings, load_settings, parse_database_url
 from ops.benchmark import anchors, httpload, preload, report, wrk
 from ops.benchmark.httpload import Connection, LoadResult, Response, build_request
+from ops.benchmark.pgwaits import WaitSampler
 from ops.benchmark.report import Row
 from ops.benchmark.watermark import WatermarkPoller, lags
 from ops.launcher import PROCESSES, AppProcesses, Output, cli_path
@@ -402,6 +403,8 @@ class Bench:
         wrk.run_wrk(self.st.port, requests, 1, p.connections)  # warm
         res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
         self._profiled("heartbeat", requests)
+        self._pg_waits("heartbeat through HTTP (wrk)", 1, lambda: wrk.run_wrk(
+            self.st.port, requests, p.load_s, p.connections).rate)
         self.hb = self.add(versus(row_from("scenario", "heartbeat through HTTP", res,
                                            note="wrk, throughput"),
                                   self.anchor["get"], 1.0))
@@ -435,6 +438,8 @@ class Bench:
             return [r.status, e.status]
 
         res = httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s))
+        self._pg_waits("start + end pairs", 2, lambda: httpload.run(
+            httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)).rate)
         self.add(versus(row_from("scenario", "start + end pairs", res, unit="pairs/s",
                                  note=f"{p.pair_workers} users in parallel"),
                         self.anchor["create"], 0.5))
@@ -637,6 +642,18 @@ class Bench:
         if waited is None:
             self.notes.append(f"the projections had not caught up with {top:,} events")
 
+    def _pg_waits(self, name: str, commands_per_unit: int, load: Callable[[], float]) -> None:
+        """With --pg-waits: an extra, unmeasured run of the same load while PostgreSQL's
+        client backends are sampled (ops/benchmark/pgwaits.py); an info row says where
+        the appends spend their time."""
+        if not self.args.pg_waits:
+            return
+        with WaitSampler(self.st.conninfo) as sampler:
+            rate = load() * commands_per_unit
+        self.add(Row("info", f"PostgreSQL during {name} (--pg-waits: a run of its own, "
+                             "pg_stat_activity sampled every 5 ms)",
+                     unit="cmd/s", rate=rate, note=sampler.waits.describe(rate)))
+
     def _profiled(self, name: str, requests: list[wrk.WrkRequest]) -> None:
         """With --profile: an extra, unmeasured run of the same load under py-spy (the
         sampler slows the process, so the measured run is never the profiled one)."""
@@ -699,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also replace the table in README.md's performance section")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy flame graph of the API during the heartbeat run")
+    parser.add_argument("--pg-waits", action="store_true",
+                        help="where PostgreSQL's backends spend the heartbeat and pairs "
+                             "loads (an extra run of each, sampled)")
     parser.add_argument("--skip-growth", action="store_true")
     parser.add_argument("--only", metavar="NAMES",
                         help="comma-separated scenarios to run (the anchors always run): "

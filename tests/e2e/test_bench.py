@@ -36,7 +36,7 @@ SCENARIOS = (
 
 def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     done = subprocess.run(
-        [str(ROOT / "ops" / "bench"), "--smoke", "--results", str(tmp_path)],
+        [str(ROOT / "ops" / "bench"), "--smoke", "--pg-waits", "--results", str(tmp_path)],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -62,6 +62,13 @@ def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     growth = [r for r in rows if r["group"] == "growth"]
     assert {r["name"].split(" p99")[0] for r in growth} == {"heartbeat", "quota read"}
     assert [r for r in growth if r["ratio"] is not None]  # the later level against the first
+    # --pg-waits: where PostgreSQL's backends spent a run of its own of each load.
+    waits = [r for r in rows if r["name"].startswith("PostgreSQL during")]
+    assert [w["name"].split(" (")[0] for w in waits] == [
+        "PostgreSQL during heartbeat through HTTP", "PostgreSQL during start + end pairs"]
+    for w in waits:
+        assert w["group"] == "info" and w["rate"] > 0, w
+        assert "backends in the append on average" in w["note"] and " 0 samples" not in w["note"]
     # The markdown table has the same rows.
     [markdown] = tmp_path.glob("bench-*-smoke.md")
     text = markdown.read_text()
