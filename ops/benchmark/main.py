@@ -403,11 +403,11 @@ class Bench:
         wrk.run_wrk(self.st.port, requests, 1, p.connections)  # warm
         res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
         self._profiled("heartbeat", requests)
-        self._pg_waits("heartbeat through HTTP (wrk)", 1, lambda: wrk.run_wrk(
-            self.st.port, requests, p.load_s, p.connections).rate)
         self.hb = self.add(versus(row_from("scenario", "heartbeat through HTTP", res,
                                            note="wrk, throughput"),
                                   self.anchor["get"], 1.0))
+        self._pg_waits("heartbeat through HTTP, wrk", 1, lambda: wrk.run_wrk(
+            self.st.port, requests, p.load_s, p.connections).rate)
         self._settle_pipeline()
         half = max(10.0, res.rate / 2)
         raw = self._hb_raw()
@@ -438,11 +438,11 @@ class Bench:
             return [r.status, e.status]
 
         res = httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s))
-        self._pg_waits("start + end pairs", 2, lambda: httpload.run(
-            httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)).rate)
         self.add(versus(row_from("scenario", "start + end pairs", res, unit="pairs/s",
                                  note=f"{p.pair_workers} users in parallel"),
                         self.anchor["create"], 0.5))
+        self._pg_waits("start + end pairs", 2, lambda: httpload.run(
+            httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)).rate)
 
     def quota(self) -> None:
         p = self.plan

@@ -65,7 +65,11 @@ def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     # --pg-waits: where PostgreSQL's backends spent a run of its own of each load.
     waits = [r for r in rows if r["name"].startswith("PostgreSQL during")]
     assert [w["name"].split(" (")[0] for w in waits] == [
-        "PostgreSQL during heartbeat through HTTP", "PostgreSQL during start + end pairs"]
+        "PostgreSQL during heartbeat through HTTP, wrk", "PostgreSQL during start + end pairs"]
+    # Each follows the measured row of its load (the sampled run is a run of its own).
+    names = [r["name"] for r in rows]
+    assert names.index(waits[0]["name"]) == names.index("heartbeat through HTTP") + 1
+    assert names.index(waits[1]["name"]) == names.index("start + end pairs") + 1
     for w in waits:
         assert w["group"] == "info" and w["rate"] > 0, w
         assert "backends in the append on average" in w["note"] and " 0 samples" not in w["note"]
