@@ -21,7 +21,13 @@ import psycopg
 from adapters.eventstore.append import APPEND_CALL
 
 APPEND_PREFIX = APPEND_CALL.split("(", 1)[0]  # "SELECT <schema>.<append function>"
-STATES = ("append: lock", "append: WAL flush", "append: running", "append: other", "other")
+# The states of a backend in the append function, with how the report names them.
+APPEND_STATES = {
+    "append: lock": "waiting for the append lock",
+    "append: WAL flush": "flushing WAL at commit",
+    "append: running": "running",
+    "append: other": "other waits",
+}
 
 SAMPLE = """
 SELECT wait_event_type, wait_event, starts_with(query, %s) AS appending
@@ -53,17 +59,14 @@ class Waits:
         return self.backends[state] / self.samples if self.samples else 0.0
 
     def describe(self, commands_per_s: float) -> str:
-        append = sum(self.mean(s) for s in STATES if s.startswith("append"))
+        append = sum(self.mean(s) for s in APPEND_STATES)
 
         def per_command(backends: float) -> str:
             return f"{backends / commands_per_s * 1000:.2f} ms" if commands_per_s else "—"
 
         parts = ", ".join(
             f"{label} {self.mean(s):.2f} ({per_command(self.mean(s))})"
-            for s, label in (("append: lock", "waiting for the append lock"),
-                             ("append: WAL flush", "flushing WAL at commit"),
-                             ("append: running", "running"),
-                             ("append: other", "other waits"))
+            for s, label in APPEND_STATES.items()
         )
         return (
             f"backends in the append on average {append:.2f}, per command "
