@@ -34,6 +34,7 @@ from psycopg import sql
 from adapters.auth.dev_issuer import DevIssuer
 from application.settings import Settings, load_settings, parse_database_url
 from ops.benchmark import anchors, httpload, preload, report, wrk
+from ops.benchmark.cpu import CpuMeter
 from ops.benchmark.httpload import Connection, LoadResult, Response, build_request
 from ops.benchmark.pgwaits import WaitSampler
 from ops.benchmark.report import Row
@@ -82,16 +83,35 @@ class Stack:
     port: int
     apps: AppProcesses
     work: Path
+    pg: EmbeddedPostgres | None = None
+    kafka: EmbeddedKafka | None = None
 
     @property
     def conninfo(self) -> str:
         return parse_database_url(self.settings.database_url).conninfo()
+
+    def cpu_roots(self) -> dict[str, int | None]:
+        """The processes whose CPU the info rows account (ops/benchmark/cpu.py); servers
+        given by URL are not ours to count."""
+        return {
+            "api": self.apps.pid("api"),
+            "postgres": self.pg.pid if self.pg else None,
+            "relay": self.apps.pid("relay"),
+            "projector": self.apps.pid("projector"),
+            "tansu": self.kafka.pid if self.kafka else None,
+            "reaper": self.apps.pid("reaper"),
+            "engine": self.apps.pid("engine"),
+            "realtime": self.apps.pid("realtime"),
+            "load client": os.getpid(),
+        }
 
 
 @contextmanager
 def stack(args: argparse.Namespace, work: Path) -> Iterator[Stack]:
     with ExitStack() as stop:
         database_url = args.database_url
+        pg: EmbeddedPostgres | None = None
+        kafka: EmbeddedKafka | None = None
         if database_url:
             database_url = stop.enter_context(_scratch_database(database_url))
         else:
@@ -124,7 +144,7 @@ def stack(args: argparse.Namespace, work: Path) -> Iterator[Stack]:
         apps = AppProcesses(env, PROCESSES, output=Output(log), autorestart=False).start()
         stop.callback(apps.stop)
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
-        yield Stack(env, load_settings(env), port, apps, work)
+        yield Stack(env, load_settings(env), port, apps, work, pg, kafka)
 
 
 @contextmanager
@@ -338,9 +358,12 @@ class Bench:
             ("get", "eventsourcing get-and-save loop", anchors.es_get_and_save),
             ("insert", "autocommit INSERT loop", anchors.insert_loop),
         ):
-            res = fn(adb, p.anchor_s)
+            with CpuMeter(self.st.cpu_roots) as meter:
+                res = fn(adb, p.anchor_s)
             self.anchor[key] = self.add(row_from("anchor", name, res, unit="/s",
                                                  note="one thread"))
+            if key == "create":
+                self._cpu_row(name, meter, res.count, "iteration")
         res = anchors.kafka_produce_loop(self.st.settings.kafka_bootstrap, p.anchor_s)
         self.anchor["kafka"] = self.add(Row(
             "anchor", "kafka-python produce loop", unit="msg/s", rate=res.rate,
@@ -401,11 +424,13 @@ class Bench:
         p = self.plan
         requests = self._hb_requests()
         wrk.run_wrk(self.st.port, requests, 1, p.connections)  # warm
-        res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
+        with CpuMeter(self.st.cpu_roots) as meter:
+            res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
         self._profiled("heartbeat", requests)
         self.hb = self.add(versus(row_from("scenario", "heartbeat through HTTP", res,
                                            note="wrk, throughput"),
                                   self.anchor["get"], 1.0))
+        self._cpu_row("heartbeat through HTTP", meter, res.requests, "heartbeat")
         self._pg_waits("heartbeat through HTTP, wrk", 1, lambda: wrk.run_wrk(
             self.st.port, requests, p.load_s, p.connections).rate)
         self._settle_pipeline()
@@ -437,12 +462,19 @@ class Bench:
             ))
             return [r.status, e.status]
 
-        res = httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s))
+        with CpuMeter(self.st.cpu_roots) as meter:
+            res = httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers,
+                                                    p.load_s))
         self.add(versus(row_from("scenario", "start + end pairs", res, unit="pairs/s",
                                  note=f"{p.pair_workers} users in parallel"),
                         self.anchor["create"], 0.5))
+        self._cpu_row("start + end pairs", meter, res.count, "pair")
         self._pg_waits("start + end pairs", 2, lambda: httpload.run(
             httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)).rate)
+        profile = self._start_profile("pairs") if self.args.profile else None
+        if profile is not None:
+            httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s))
+            profile.wait(p.load_s + 60)
 
     def quota(self) -> None:
         p = self.plan
@@ -642,6 +674,16 @@ class Bench:
         if waited is None:
             self.notes.append(f"the projections had not caught up with {top:,} events")
 
+    def _cpu_row(self, name: str, meter: CpuMeter, units: int, unit: str) -> None:
+        """The info row of where the measured run's CPU went (ops/benchmark/cpu.py)."""
+        usage = meter.usage
+        assert usage is not None
+        each = usage.per_unit_ms(units)
+        self.add(Row("info", f"CPU during {name} (from /proc, the measured run itself)",
+                     unit=f"ms CPU/{unit}", rate=sum(each.values()) if units else None,
+                     count=units, note=usage.describe(units, unit),
+                     extra={"cpu_ms_per_unit": each, "cores_busy": usage.cores_busy}))
+
     def _pg_waits(self, name: str, commands_per_unit: int, load: Callable[[], float]) -> None:
         """With --pg-waits: an extra, unmeasured run of the same load while PostgreSQL's
         client backends are sampled (ops/benchmark/pgwaits.py); an info row says where
@@ -715,7 +757,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", action="store_true",
                         help="also replace the table in README.md's performance section")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy flame graph of the API during the heartbeat run")
+                        help="py-spy flame graph of the API during the heartbeat, pairs and quota "
+                             "loads (an extra run of each)")
     parser.add_argument("--pg-waits", action="store_true",
                         help="where PostgreSQL's backends spend the heartbeat and pairs "
                              "loads (an extra run of each, sampled)")

@@ -5,6 +5,7 @@ such a run mean nothing; the real ones come from `./ops/bench` and `--quick`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -66,13 +67,28 @@ def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     waits = [r for r in rows if r["name"].startswith("PostgreSQL during")]
     assert [w["name"].split(" (")[0] for w in waits] == [
         "PostgreSQL during heartbeat through HTTP, wrk", "PostgreSQL during start + end pairs"]
-    # Each follows the measured row of its load (the sampled run is a run of its own).
+    # Each follows the measured row of its load and that run's CPU row (the sampled run is
+    # a run of its own).
     names = [r["name"] for r in rows]
-    assert names.index(waits[0]["name"]) == names.index("heartbeat through HTTP") + 1
-    assert names.index(waits[1]["name"]) == names.index("start + end pairs") + 1
+    assert names.index(waits[0]["name"]) == names.index("heartbeat through HTTP") + 2
+    assert names.index(waits[1]["name"]) == names.index("start + end pairs") + 2
     for w in waits:
         assert w["group"] == "info" and w["rate"] > 0, w
         assert "backends in the append on average" in w["note"] and " 0 samples" not in w["note"]
+    # Where the CPU of the measured runs went, process by process, right after each.
+    for measured, unit, busiest in (
+        ("eventsourcing create-and-save loop", "iteration", ("load client", "postgres")),
+        ("heartbeat through HTTP", "heartbeat", ("api", "postgres")),
+        ("start + end pairs", "pair", ("api", "postgres")),
+    ):
+        cpu = rows[names.index(measured) + 1]
+        assert cpu["name"] == f"CPU during {measured} (from /proc, the measured run itself)"
+        assert cpu["group"] == "info" and cpu["unit"] == f"ms CPU/{unit}"
+        spent = cpu["extra"]["cpu_ms_per_unit"]
+        assert all(spent[name] > 0 for name in busiest), (measured, spent)
+        assert cpu["rate"] == pytest.approx(sum(spent.values()))
+        assert 0 < cpu["extra"]["cores_busy"] <= (os.cpu_count() or 1) + 0.01
+        assert f"CPU ms per {unit}: " in cpu["note"]
     # The markdown table has the same rows.
     [markdown] = tmp_path.glob("bench-*-smoke.md")
     text = markdown.read_text()
