@@ -426,7 +426,8 @@ class Bench:
         wrk.run_wrk(self.st.port, requests, 1, p.connections)  # warm
         with CpuMeter(self.st.cpu_roots) as meter:
             res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
-        self._profiled("heartbeat", requests)
+        self._profiled("heartbeat", lambda: wrk.run_wrk(self.st.port, requests, p.load_s,
+                                                        p.connections))
         self.hb = self.add(versus(row_from("scenario", "heartbeat through HTTP", res,
                                            note="wrk, throughput"),
                                   self.anchor["get"], 1.0))
@@ -471,17 +472,16 @@ class Bench:
         self._cpu_row("start + end pairs", meter, res.count, "pair")
         self._pg_waits("start + end pairs", 2, lambda: httpload.run(
             httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)).rate)
-        profile = self._start_profile("pairs") if self.args.profile else None
-        if profile is not None:
-            httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s))
-            profile.wait(p.load_s + 60)
+        self._profiled("pairs", lambda: httpload.run(
+            httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)))
 
     def quota(self) -> None:
         p = self.plan
         requests = [("GET", "/api/live/quota", t, "") for t in self.hb_tokens]
         wrk.run_wrk(self.st.port, requests, 1, p.connections)
         res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
-        self._profiled("quota", requests)
+        self._profiled("quota", lambda: wrk.run_wrk(self.st.port, requests, p.load_s,
+                                                    p.connections))
         self.quota_row = self.add(versus(
             row_from("scenario", "GET /api/live/quota", res, note="wrk"),
             self.anchor["json"], 0.5))
@@ -696,14 +696,14 @@ class Bench:
                              "pg_stat_activity sampled every 5 ms)",
                      unit="cmd/s", rate=rate, note=sampler.waits.describe(rate)))
 
-    def _profiled(self, name: str, requests: list[wrk.WrkRequest]) -> None:
+    def _profiled(self, name: str, load: Callable[[], object]) -> None:
         """With --profile: an extra, unmeasured run of the same load under py-spy (the
         sampler slows the process, so the measured run is never the profiled one)."""
         if not self.args.profile:
             return
         profile = self._start_profile(name)
         if profile is not None:
-            wrk.run_wrk(self.st.port, requests, self.plan.load_s, self.plan.connections)
+            load()
             profile.wait(self.plan.load_s + 60)
 
     def _start_profile(self, name: str) -> subprocess.Popen[bytes] | None:
