@@ -40,45 +40,39 @@ from adapters.eventstore.append import APPEND_CALL
 from adapters.eventstore.chain import stored_timestamp
 from adapters.eventstore.recorder import LiveRecorder
 from adapters.eventstore.schema import migrate
+from application.live import LiveApplication
 from application.principal import Principal
 from application.settings import Settings
 from ops.stack import EmbeddedPostgres, free_port
 
+BINARY_CALL = APPEND_CALL  # what the recorder sends: the events as `%b`
 TEXT_CALL = APPEND_CALL.replace("(%b,", "(%s,", 1)
-BINARY_CALL = TEXT_CALL.replace("(%s,", "(%b,", 1)
 
 
-def sample_params(settings: Settings) -> list[tuple[Any, ...]]:
+def sample_params(app: LiveApplication) -> list[tuple[Any, ...]]:
     """One append's parameters per heartbeat of a real session: its two stored events."""
-    app = build_application(settings)
-    try:
-        at = [datetime(2026, 12, 6, 10, 0, tzinfo=UTC)]
+    at = [datetime(2026, 12, 6, 10, 0, tzinfo=UTC)]
 
-        def now() -> datetime:
-            return at[0]
+    def now() -> datetime:
+        return at[0]
 
-        who = Principal(tenant_id="bench", user_id="append-params",
-                        scopes=frozenset({"live:read", "live:write"}), credential="bearer")
-        started = msgspec.json.decode(app.start_session(who, "voice", now).body)
-        sid = started["session_id"]
-        for _ in range(20):
-            at[0] += timedelta(seconds=5)
-            app.heartbeat(who, sid, now)
-        app.end_session(who, sid, "client", now)
-        found = app._session_and_ledger(UUID(sid))
-        assert found is not None
-        recorder = cast(LiveRecorder, app.recorder)
-        session = recorder.select_events(found[0].id)
-        ledger = recorder.select_events(found[1].id)
-        params: list[tuple[Any, ...]] = []
-        for a, b in zip(session[1:], ledger[1:], strict=False):
-            events = [recorder.construct_pg_stored_event(
-                e.originator_id, e.originator_version, e.topic, e.state) for e in (a, b)]
-            params.append((events, [stored_timestamp(e.state) for e in (a, b)], "5s",
-                           None, None, None, None, None, [], [], [], []))
-        return params
-    finally:
-        app.close()
+    who = Principal(tenant_id="bench", user_id="append-params",
+                    scopes=frozenset({"live:read", "live:write"}), credential="bearer")
+    sid = msgspec.json.decode(app.start_session(who, "voice", now).body)["session_id"]
+    for _ in range(20):
+        at[0] += timedelta(seconds=5)
+        app.heartbeat(who, sid, now)
+    app.end_session(who, sid, "client", now)
+    recorder = cast(LiveRecorder, app.recorder)
+    session = recorder.select_events(UUID(sid))
+    ledger = recorder.select_events(app.ledger_for(who.tenant_id, who.user_id, now()).id)
+    params: list[tuple[Any, ...]] = []
+    for a, b in zip(session[1:], ledger[1:], strict=False):
+        events = [recorder.construct_pg_stored_event(
+            e.originator_id, e.originator_version, e.topic, e.state) for e in (a, b)]
+        params.append((events, [stored_timestamp(e.state) for e in (a, b)], "5s",
+                       None, None, None, None, None, [], [], [], []))
+    return params
 
 
 def per_command_us(conn: Any, query: str, params: list[tuple[Any, ...]], commands: int) -> float:
@@ -102,9 +96,9 @@ def main() -> None:
     try:
         settings = Settings(database_url=pg.start())
         migrate(settings)
-        params = sample_params(settings)
         app = build_application(settings)
         try:
+            params = sample_params(app)
             with cast(LiveRecorder, app.recorder).datastore.get_connection() as conn:
                 times: dict[str, list[float]] = {"text (%s)": [], "binary (%b)": []}
                 per_command_us(conn, TEXT_CALL, params, 200)  # warm both paths

@@ -424,16 +424,18 @@ class Bench:
         p = self.plan
         requests = self._hb_requests()
         wrk.run_wrk(self.st.port, requests, 1, p.connections)  # warm
+
+        def load() -> wrk.WrkResult:
+            return wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
+
         with CpuMeter(self.st.cpu_roots) as meter:
-            res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
-        self._profiled("heartbeat", lambda: wrk.run_wrk(self.st.port, requests, p.load_s,
-                                                        p.connections))
+            res = load()
+        self._profiled("heartbeat", load)
         self.hb = self.add(versus(row_from("scenario", "heartbeat through HTTP", res,
                                            note="wrk, throughput"),
                                   self.anchor["get"], 1.0))
         self._cpu_row("heartbeat through HTTP", meter, res.requests, "heartbeat")
-        self._pg_waits("heartbeat through HTTP, wrk", 1, lambda: wrk.run_wrk(
-            self.st.port, requests, p.load_s, p.connections).rate)
+        self._pg_waits("heartbeat through HTTP, wrk", 1, lambda: load().rate)
         self._settle_pipeline()
         half = max(10.0, res.rate / 2)
         raw = self._hb_raw()
@@ -463,25 +465,29 @@ class Bench:
             ))
             return [r.status, e.status]
 
+        def load() -> LoadResult:
+            return httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers,
+                                                     p.load_s))
+
         with CpuMeter(self.st.cpu_roots) as meter:
-            res = httpload.run(httpload.closed_loop(self.st.port, flow, p.pair_workers,
-                                                    p.load_s))
+            res = load()
         self.add(versus(row_from("scenario", "start + end pairs", res, unit="pairs/s",
                                  note=f"{p.pair_workers} users in parallel"),
                         self.anchor["create"], 0.5))
         self._cpu_row("start + end pairs", meter, res.count, "pair")
-        self._pg_waits("start + end pairs", 2, lambda: httpload.run(
-            httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)).rate)
-        self._profiled("pairs", lambda: httpload.run(
-            httpload.closed_loop(self.st.port, flow, p.pair_workers, p.load_s)))
+        self._pg_waits("start + end pairs", 2, lambda: load().rate)
+        self._profiled("pairs", load)
 
     def quota(self) -> None:
         p = self.plan
         requests = [("GET", "/api/live/quota", t, "") for t in self.hb_tokens]
         wrk.run_wrk(self.st.port, requests, 1, p.connections)
-        res = wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
-        self._profiled("quota", lambda: wrk.run_wrk(self.st.port, requests, p.load_s,
-                                                    p.connections))
+
+        def load() -> wrk.WrkResult:
+            return wrk.run_wrk(self.st.port, requests, p.load_s, p.connections)
+
+        res = load()
+        self._profiled("quota", load)
         self.quota_row = self.add(versus(
             row_from("scenario", "GET /api/live/quota", res, note="wrk"),
             self.anchor["json"], 0.5))
