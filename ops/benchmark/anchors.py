@@ -46,9 +46,12 @@ def anchor_database(db: DatabaseParams) -> DatabaseParams:
     return DatabaseParams(db.host, db.port, ANCHOR_DATABASE, db.user, db.password)
 
 
-def _es_app(db: DatabaseParams) -> AnchorApp:
+def es_app(db: DatabaseParams, pool_size: int = 5, max_overflow: int = 10) -> AnchorApp:
+    """The anchors' application on `db` (the library's pool defaults unless given)."""
     return AnchorApp(
         env={
+            "POSTGRES_POOL_SIZE": str(pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(max_overflow),
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": db.dbname,
             "POSTGRES_HOST": db.host,
@@ -75,7 +78,7 @@ def _timed_loop(seconds: float, step: Any) -> LoadResult:
 
 
 def es_create_and_save(db: DatabaseParams, seconds: float) -> LoadResult:
-    app = _es_app(db)
+    app = es_app(db)
     try:
         _timed_loop(min(1.0, seconds / 4), lambda _i: app.save(Counter()))  # warm
         return _timed_loop(seconds, lambda _i: app.save(Counter()))
@@ -84,7 +87,7 @@ def es_create_and_save(db: DatabaseParams, seconds: float) -> LoadResult:
 
 
 def es_get_and_save(db: DatabaseParams, seconds: float, aggregates: int = 200) -> LoadResult:
-    app = _es_app(db)
+    app = es_app(db)
     try:
         ids = []
         for _ in range(aggregates):

@@ -1,12 +1,20 @@
 """The bare anchors: a Litestar app with one JSON endpoint and one endpoint that does only
 the Ed25519 signature check of a compact JWS. Served by `uvicorn ops.benchmark.bare:app
 --factory` under the API's own server settings (workers, uvloop, httptools, no access log).
+
+With `BENCH_SAVE_DB` (a database's parameters as JSON) it also has `POST /save`: the
+create-and-save anchor's step (a trivial aggregate, the library's own recorder) behind
+HTTP, run the way the API runs a command (its command threads, its pool sizes), and
+nothing else: no credential, no domain, no pipeline. Two of them are what a start + end
+pair would cost if each command cost no more than the library's trivial save.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
@@ -45,4 +53,39 @@ def app() -> Any:
             return {"active": False}
         return {"active": True}
 
-    return Litestar([json_endpoint, verify], debug=False)
+    routes: list[Any] = [json_endpoint, verify]
+    on_shutdown: list[Any] = []
+    if os.environ.get("BENCH_SAVE_DB"):
+        save, close = _save_endpoint(os.environ["BENCH_SAVE_DB"])
+        routes.append(save)
+        on_shutdown.append(close)
+    return Litestar(routes, on_shutdown=on_shutdown, debug=False)
+
+
+def _save_endpoint(database: str) -> tuple[Any, Any]:
+    import msgspec
+    from litestar import post
+
+    from application.settings import DatabaseParams, load_settings
+    from ops.benchmark.anchors import Counter, es_app
+
+    settings = load_settings()
+    store = es_app(msgspec.json.decode(database, type=DatabaseParams),
+                   pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    threads = ThreadPoolExecutor(max_workers=settings.command_threads)
+
+    def create_and_save() -> str:
+        counter = Counter()
+        store.save(counter)
+        return str(counter.id)
+
+    @post("/save", status_code=201)
+    async def save() -> dict[str, str]:
+        return {"id": await asyncio.get_running_loop().run_in_executor(threads,
+                                                                       create_and_save)}
+
+    def close() -> None:
+        threads.shutdown()
+        store.close()
+
+    return save, close

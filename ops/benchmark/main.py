@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import psycopg
 from psycopg import sql
 
 from adapters.auth.dev_issuer import DevIssuer
-from application.settings import Settings, load_settings, parse_database_url
+from application.settings import DatabaseParams, Settings, load_settings, parse_database_url
 from ops.benchmark import anchors, httpload, preload, report, wrk
 from ops.benchmark.cpu import CpuMeter
 from ops.benchmark.httpload import Connection, LoadResult, Response, build_request
@@ -193,9 +194,12 @@ def settle(conninfo: str) -> None:
         conn.execute("VACUUM (ANALYZE) xentree_live_events, event_chain, rm_quota, rm_sessions")
 
 
-def bare_server(stack_: Stack, public_x: str, workers: int) -> subprocess.Popen[bytes]:
-    """The bare Litestar anchors under the API's server settings (see adapters/cli.py)."""
+def bare_server(stack_: Stack, public_x: str, workers: int,
+                save_db: DatabaseParams | None = None) -> subprocess.Popen[bytes]:
+    """The bare Litestar anchors under the API's server settings (see adapters/cli.py);
+    with `save_db`, also the create-and-save anchor behind HTTP on that database."""
     port = free_port()
+    save = {"BENCH_SAVE_DB": msgspec.json.encode(save_db).decode()} if save_db else {}
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "uvicorn", "ops.benchmark.bare:app", "--factory",
@@ -204,7 +208,7 @@ def bare_server(stack_: Stack, public_x: str, workers: int) -> subprocess.Popen[
             "--log-level", "warning",
         ],
         cwd=ROOT,
-        env={**stack_.env, "BENCH_PUBLIC_X": public_x, "PYTHONPATH": str(ROOT)},
+        env={**stack_.env, **save, "BENCH_PUBLIC_X": public_x, "PYTHONPATH": str(ROOT)},
         stdout=(stack_.work / "bare.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
@@ -371,7 +375,7 @@ class Bench:
         ))
         token = self.verify_token or self.hb_tokens[0]
         public_x = self._public_x(token)
-        self.bare = bare_server(self.st, public_x, self.args.workers)
+        self.bare = bare_server(self.st, public_x, self.args.workers, adb)
         bport: int = self.bare.port  # type: ignore[attr-defined]
         get_json = [("GET", "/json", "", "")]
         wrk.run_wrk(bport, get_json, 1, p.connections)  # warm
@@ -392,8 +396,37 @@ class Bench:
         ))
         self.add(row_from("info", "asyncio load client against the bare JSON endpoint",
                           capacity, note="the client's ceiling"))
+        self._saves_behind_http(bport)
         self.bare.terminate()
         self.bare.wait(10)
+
+    def _saves_behind_http(self, bport: int) -> None:
+        """The pairs' load against the bare endpoint's `POST /save` (ops/benchmark/bare.py):
+        what a pair would come to if each of its commands cost no more than the anchor's
+        trivial save, run as the API runs commands, with nothing else (no credential,
+        domain or pipeline). Info beside the pairs' target, not a target of its own."""
+        p = self.plan
+        save = build_request("POST", "/save", {}, b"{}")
+
+        async def flow(conn: Connection, _worker: int, _i: int) -> list[int]:
+            return [(await conn.send(save)).status, (await conn.send(save)).status]
+
+        def load(seconds: float) -> LoadResult:
+            return httpload.run(httpload.closed_loop(bport, flow, p.pair_workers, seconds))
+
+        load(min(1.0, p.load_s))  # warm: the pool's connections, the threads
+        bare_pid = self.bare.pid
+        with CpuMeter(lambda: {**self.st.cpu_roots(), "bare": bare_pid}) as meter:
+            res = load(p.load_s)
+        name = "two create-and-save anchor saves behind the bare Litestar endpoint, as a pair"
+        row = row_from("info", name, res, unit="pairs/s",
+                       note=f"{p.pair_workers} clients in parallel, the API's command threads "
+                            f"and pool; no credential, domain or pipeline{refused(res)}")
+        row.anchor = self.anchor["create"].name
+        if res.rate and self.anchor["create"].rate:
+            row.ratio = res.rate / self.anchor["create"].rate
+        self.add(row)
+        self._cpu_row(name, meter, res.count, "pair")
 
     def _public_x(self, token: str) -> str:
         """The `x` of the key that signed `token` (integration JWKS, or the dev issuer)."""

@@ -75,9 +75,19 @@ def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     for w in waits:
         assert w["group"] == "info" and w["rate"] > 0, w
         assert "backends in the append on average" in w["note"] and " 0 samples" not in w["note"]
+    # Two of the create-and-save anchor's saves behind the bare endpoint, as the pairs'
+    # load runs them: a figure beside the pairs' target, with the ratio to the same anchor.
+    saves = "two create-and-save anchor saves behind the bare Litestar endpoint, as a pair"
+    row = by_name[saves]
+    assert row["group"] == "info" and row["unit"] == "pairs/s" and row["rate"] > 0
+    assert row["failed"] == 0 and row["anchor"] == "eventsourcing create-and-save loop"
+    assert row["ratio"] == pytest.approx(
+        row["rate"] / by_name["eventsourcing create-and-save loop"]["rate"], rel=1e-6)
+    assert row["result"] == "—"
     # Where the CPU of the measured runs went, process by process, right after each.
     for measured, unit, busiest in (
         ("eventsourcing create-and-save loop", "iteration", ("load client", "postgres")),
+        (saves, "pair", ("bare", "postgres")),
         ("heartbeat through HTTP", "heartbeat", ("api", "postgres")),
         ("start + end pairs", "pair", ("api", "postgres")),
     ):
