@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -252,10 +253,17 @@ def row_from(group: str, name: str, result: LoadResult | wrk.WrkResult, **kw: An
                failed=failed, **kw)
 
 
-def versus(row: Row, anchor: Row, at_least: float) -> Row:
+def beside(row: Row, anchor: Row) -> Row:
+    """The row's throughput as a ratio of the anchor's, with no target of its own."""
     row.anchor = anchor.name
     if row.rate is not None and anchor.rate:
         row.ratio = row.rate / anchor.rate
+    return row
+
+
+def versus(row: Row, anchor: Row, at_least: float) -> Row:
+    beside(row, anchor)
+    if row.ratio is not None:
         row.passed = row.ratio >= at_least
     row.target = f"≥ {at_least:g}x anchor"
     return row
@@ -422,10 +430,7 @@ class Bench:
         row = row_from("info", name, res, unit="pairs/s",
                        note=f"{p.pair_workers} clients in parallel, the API's command threads "
                             f"and pool; no credential, domain or pipeline{refused(res)}")
-        row.anchor = self.anchor["create"].name
-        if res.rate and self.anchor["create"].rate:
-            row.ratio = res.rate / self.anchor["create"].rate
-        self.add(row)
+        self.add(beside(row, self.anchor["create"]))
         self._cpu_row(name, meter, res.count, "pair")
 
     def _public_x(self, token: str) -> str:
@@ -510,6 +515,28 @@ class Bench:
         self._cpu_row("start + end pairs", meter, res.count, "pair")
         self._pg_waits("start + end pairs", 2, lambda: load().rate)
         self._profiled("pairs", load)
+        self._pairs_without_pipeline(load)
+
+    def _pairs_without_pipeline(self, load: Callable[[], LoadResult]) -> None:
+        """An extra run of the pairs with the pipeline (relay, projector, reaper, realtime
+        bridge) stopped by SIGSTOP: what the API and PostgreSQL make of the two cores
+        alone. Resumed afterwards, and caught up before the next run."""
+        paused = [pid for name in PIPELINE if (pid := self.st.apps.pid(name)) is not None]
+        name = "start + end pairs with the pipeline paused"
+        try:
+            for pid in paused:
+                os.kill(pid, signal.SIGSTOP)
+            with CpuMeter(self.st.cpu_roots) as meter:
+                res = load()
+        finally:
+            for pid in paused:
+                os.kill(pid, signal.SIGCONT)
+        row = row_from("info", name, res, unit="pairs/s",
+                       note=f"{', '.join(PIPELINE)} stopped by SIGSTOP for the run: the API and "
+                            f"PostgreSQL alone{refused(res)}")
+        self.add(beside(row, self.anchor["create"]))
+        self._cpu_row(name, meter, res.count, "pair")
+        self._settle_pipeline()
 
     def quota(self) -> None:
         p = self.plan
@@ -759,6 +786,9 @@ class Bench:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 
+
+# The processes behind the write path, paused for the pairs' run without them.
+PIPELINE = ("relay", "projector", "reaper", "realtime")
 
 # In the order they run: growth fills the store, which the rebuild then measures.
 SCENARIOS = ("heartbeat", "pairs", "quota", "verify", "lag", "realtime", "growth", "rebuild")

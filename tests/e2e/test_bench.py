@@ -84,10 +84,17 @@ def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
     assert row["ratio"] == pytest.approx(
         row["rate"] / by_name["eventsourcing create-and-save loop"]["rate"], rel=1e-6)
     assert row["result"] == "—"
+    # The pairs again with the pipeline stopped: the API and PostgreSQL alone.
+    paused = "start + end pairs with the pipeline paused"
+    row = by_name[paused]
+    assert row["group"] == "info" and row["unit"] == "pairs/s" and row["rate"] > 0
+    assert row["failed"] == 0 and row["anchor"] == "eventsourcing create-and-save loop"
+    assert row["result"] == "—" and "SIGSTOP" in row["note"]
     # Where the CPU of the measured runs went, process by process, right after each.
     for measured, unit, busiest in (
         ("eventsourcing create-and-save loop", "iteration", ("load client", "postgres")),
         (saves, "pair", ("bare", "postgres")),
+        (paused, "pair", ("api", "postgres")),
         ("heartbeat through HTTP", "heartbeat", ("api", "postgres")),
         ("start + end pairs", "pair", ("api", "postgres")),
     ):
@@ -99,6 +106,11 @@ def test_a_smoke_run_writes_every_row_and_ratio(tmp_path: Path) -> None:
         assert cpu["rate"] == pytest.approx(sum(spent.values()))
         assert 0 < cpu["extra"]["cores_busy"] <= (os.cpu_count() or 1) + 0.01
         assert f"CPU ms per {unit}: " in cpu["note"]
+    # Stopped processes spend nothing (the broker only answers them, so it idles too).
+    spent = rows[names.index(paused) + 1]["extra"]["cpu_ms_per_unit"]
+    stopped = sum(spent.get(name, 0) for name in ("relay", "projector", "reaper", "realtime"))
+    assert stopped < 0.02 * sum(spent.values()), spent
+    assert names.index(paused) > names.index("start + end pairs")
     # The markdown table has the same rows.
     [markdown] = tmp_path.glob("bench-*-smoke.md")
     text = markdown.read_text()
