@@ -11,6 +11,7 @@ cannot record progress.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -205,7 +206,8 @@ class Relay:
             event = self.app.mapper.to_domain_event(n)
             owner = self._owners.resolve(n.originator_id, n.originator_version, event)
             key = str(n.originator_id).encode()
-            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            partition = (partitions[0] if len(partitions) == 1
+                         else partitions[_key_hash(key) % len(partitions)])
             futures.append(
                 producer.send(
                     self.topic,
@@ -323,6 +325,14 @@ class Relay:
             _close_quietly(admin.close)
         if conn is not None:
             _close_quietly(conn.close)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_hash(key: bytes) -> int:
+    """The default partitioner's hash of a key (kafka-python's murmur2, in the interpreter:
+    a sixteenth of the relay's time when it was computed for every message; an aggregate's
+    events all have its key, so the hash of a live one is remembered)."""
+    return int(murmur2(key)) & 0x7FFFFFFF
 
 
 def _close_quietly(close: Callable[[], object]) -> None:
