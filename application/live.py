@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from copy import deepcopy
@@ -75,6 +76,27 @@ class PairedReads(Protocol):
 Decision = tuple[Sequence[Aggregate], int, msgspec.Struct | Exception]
 
 
+class CacheReads(threading.local):
+    """Per thread: whether the decision being made may take a session and its ledger from
+    the aggregate cache as they are, without asking the store for newer events, and the
+    copies it took so (see LiveApplication.command)."""
+
+    def __init__(self) -> None:
+        self.allowed = False
+        self.taken: list[Aggregate] = []
+
+    def begin(self, allowed: bool) -> list[Aggregate]:
+        self.allowed, self.taken = allowed, []
+        return self.taken
+
+
+def checked_by_save(taken: Sequence[Aggregate], aggregates: Sequence[Aggregate]) -> bool:
+    """Whether saving `aggregates` checks every copy in `taken` against the store: each
+    must be saved with new events, whose versions must follow the stored ones."""
+    saving = {id(a) for a in aggregates if a.pending_events}
+    return all(id(a) in saving for a in taken)
+
+
 class LiveApplication(
     IntegrationUseCases, ProfileUseCases, TranscriptUseCases, Application[UUID]
 ):
@@ -91,6 +113,7 @@ class LiveApplication(
     ) -> None:
         super().__init__(env=env)
         self.settings = settings
+        self._cache_reads = CacheReads()
         # By default the event store's recorder keeps the answers, in the events' transaction.
         self.idempotency: IdempotencyStore = (
             idempotency if idempotency is not None else cast(IdempotencyStore, self.recorder)
@@ -121,12 +144,25 @@ class LiveApplication(
         if answered is not None:
             return answered
         for attempt in range(MAX_ATTEMPTS):
+            # The first decision takes a session and its ledger as this process last saw
+            # them (the aggregate cache) without a query for newer events. Saving them then
+            # checks them: a stale one conflicts, and the decision is made again from the
+            # store. A decision that would not save each of them with new events (a
+            # refusal, an answer that changes nothing) is made again from the store before
+            # it counts.
+            taken = self._cache_reads.begin(attempt == 0)
             try:
                 try:
                     aggregates, status, outcome = decide()
                 except DomainError as refusal:
+                    if taken:
+                        continue
                     self._remember_refusal(idem, refusal)
                     raise
+                finally:
+                    self._cache_reads.allowed = False
+                if not checked_by_save(taken, aggregates):
+                    continue
                 if isinstance(outcome, Exception):
                     if not isinstance(outcome, DomainError):
                         self.save(*aggregates)
@@ -217,7 +253,13 @@ class LiveApplication(
     def ledger_for(self, tenant_id: str, user_id: str, at: datetime) -> UsageLedger:
         """The user's ledger for the period containing `at`, opened if new."""
         start, end = period_bounds(at)
-        ledger = self.load(UsageLedger, ledger_id(tenant_id, user_id, start))
+        ledger_key = ledger_id(tenant_id, user_id, start)
+        if self._cache_reads.allowed:
+            cached = self._cached_copy(UsageLedger, ledger_key)
+            if cached is not None:
+                self._cache_reads.taken.append(cached)
+                return cached
+        ledger = self.load(UsageLedger, ledger_key)
         if ledger is not None:
             return ledger
         plan, limit, max_session = self._plan_for(tenant_id, user_id)
@@ -249,13 +291,16 @@ class LiveApplication(
     def _session_and_ledger(self, session_id: UUID) -> tuple[LiveSession, UsageLedger] | None:
         """A session and its ledger, as they are now. Both are usually in the aggregate
         cache, and then one query brings both up to date (the library's loads would ask
-        once for each)."""
+        once for each); in a command's first decision, none (see `command`)."""
         session = self._cached_copy(LiveSession, session_id)
         ledger = self._cached_copy(UsageLedger, session.ledger_id) if session else None
         if session is None or ledger is None:
             loaded = self.load(LiveSession, session_id)
             return None if loaded is None else (loaded, self._ledger_of(loaded))
-        self._fast_forward([session, ledger])
+        if self._cache_reads.allowed:
+            self._cache_reads.taken += (session, ledger)
+        else:
+            self._fast_forward([session, ledger])
         return session, ledger
 
     def _cached_copy(self, cls: type[A], aggregate_id: UUID) -> A | None:

@@ -294,3 +294,90 @@ def test_snapshots_taken_from_memory_load_the_same_state(
                 aggregate.id, version=50)).state == stored.state
     finally:
         fresh.close()
+
+
+@pytest.fixture
+def two_workers(settings: Settings) -> Iterator[tuple[LiveApplication, LiveApplication]]:
+    """Two API workers on one store, each with its own aggregate cache, two sessions a
+    user at a time."""
+    both = msgspec.structs.replace(settings, max_concurrent_sessions=2)
+    a, b = build_application(both), build_application(both)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_worker_decides_on_what_another_worker_saved_since_it_cached(
+    two_workers: tuple[LiveApplication, LiveApplication],
+) -> None:
+    """A worker first decides from its own cache, unchecked; whatever the other worker
+    saved meanwhile must still decide each answer and each second billed."""
+    a, b = two_workers
+    p, clock = user(), Clock()
+    s1 = body(a.start_session(p, "voice", clock))["session_id"]
+    s2 = body(a.start_session(p, "voice", clock))["session_id"]
+    clock.advance(10.2)
+    assert body(b.end_session(p, s1, "client", clock))["session_seconds"] == 10
+    # A's cached ledger still counts two active sessions: its start is not refused for it.
+    clock.advance(5)
+    s3 = body(a.start_session(p, "voice", clock))["session_id"]
+    # A still has s1 active in its cache: its heartbeat hears that s1 ended, bills nothing.
+    with pytest.raises(SessionNotActive):
+        a.heartbeat(p, s1, clock)
+    # B's cached ledger knows one (s2): its start is refused, as the store says two.
+    with pytest.raises(SessionAlreadyActive):
+        b.start_session(p, "voice", clock)
+    # Billing through either worker, each behind the other's last write.
+    clock.advance(20)
+    assert body(b.heartbeat(p, s2, clock))["billed_seconds"] == 35
+    assert body(a.heartbeat(p, s3, clock))["billed_seconds"] == 20
+    clock.advance(4)
+    answer = body(b.heartbeat(p, s3, clock))
+    assert answer["billed_seconds"] == 4 and answer["remaining_seconds"] == 100 - 10 - 35 - 24
+    view = a.session_view(p, s1)
+    assert view["session_seconds"] == 10 and view["end_reason"] == "client"
+
+
+def test_an_answer_that_saves_nothing_on_the_ledger_reads_the_stored_ledger(
+    two_workers: tuple[LiveApplication, LiveApplication],
+) -> None:
+    """A heartbeat with no whole second to bill saves nothing on the ledger, so no save
+    checks the ledger A took from its cache: its remaining seconds come from the store."""
+    a, b = two_workers
+    p, clock = user(), Clock()
+    s1 = body(b.start_session(p, "voice", clock))["session_id"]
+    clock.advance(20)
+    s2 = body(a.start_session(p, "voice", clock))["session_id"]  # A caches the ledger
+    b.end_session(p, s1, "client", clock)  # 20 s billed behind A's back
+    clock.advance(0.5)
+    answer = body(a.heartbeat(p, s2, clock))
+    assert answer["billed_seconds"] == 0 and answer["remaining_seconds"] == 80
+
+
+def test_a_worker_alone_reads_nothing_back_for_its_own_writes(
+    app: LiveApplication, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start, heartbeat and end on one worker's cache: the saves check what it took, so
+    no command asks the store for newer events first."""
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]  # opens the ledger
+    reads: list[str] = []
+    recorder: Any = app.recorder
+
+    def counted(name: str) -> None:
+        method = getattr(recorder, name)
+
+        def read(*args: Any, **kwargs: Any) -> Any:
+            reads.append(name)
+            return method(*args, **kwargs)
+
+        monkeypatch.setattr(recorder, name, read)
+
+    counted("select_events")
+    counted("select_events_after")
+    clock.advance(5)
+    app.heartbeat(p, sid, clock)
+    app.end_session(p, sid, "client", clock)
+    again = body(app.start_session(p, "voice", clock))["session_id"]
+    app.end_session(p, again, "client", clock)
+    assert reads == []
