@@ -258,11 +258,27 @@ class Relay:
         return True
 
     def _wait_for_notify(self) -> bool:
-        """Wait for a commit's notification (True), or the poll interval (False)."""
+        """Wait for a commit's notification (True), or the poll interval (False).
+
+        Every commit notifies, and psycopg keeps those that arrive while the relay runs
+        its queries; the round that follows publishes everything committed so far, so the
+        ones already there are dropped with the one waited for. Taking one per round
+        instead let them pile up in the relay's memory under load (hundreds a second), and
+        a round never waited for a commit again."""
         conn = self._connection()
-        for _ in conn.notifies(timeout=self.settings.relay_poll_seconds, stop_after=1):
-            return True
-        return False
+        heard = conn.notifies(timeout=self.settings.relay_poll_seconds, stop_after=1)
+        try:
+            if next(heard, None) is None:
+                return False
+        finally:
+            heard.close()
+        backlog = conn.notifies(timeout=0)
+        try:
+            for _ in backlog:
+                pass
+        finally:
+            backlog.close()
+        return True
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:

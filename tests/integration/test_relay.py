@@ -7,6 +7,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -268,3 +269,25 @@ def test_a_topic_recreated_with_fewer_partitions_is_republished_onto_the_ones_it
         after = some_sessions(app, 2)
         records, _ = read_topic(one, after, timeout=15)
     assert {partition for partition, _offset, _e in records} == {0}
+
+
+def test_after_a_round_the_relay_waits_for_the_next_commit(
+    settings: Settings, app: LiveApplication
+) -> None:
+    """Every commit notifies. Those heard while a round ran are for events that round
+    published: the relay waits for a commit after it, and keeps none of them."""
+    relay = Relay(settings, build_application(settings))
+    try:
+        assert relay._acquire_lock()  # holds the lock and LISTENs, as when it follows
+        some_sessions(app, 5)  # 15 commits, each a notification
+        assert relay.run_once() > 0  # its queries hear the notifications meanwhile
+        assert relay._wait_for_notify()  # one of those, the rest with it
+        assert relay.run_once() == 0
+        started = time.monotonic()
+        assert not relay._wait_for_notify()  # nothing committed since: the poll interval
+        assert time.monotonic() - started >= settings.relay_poll_seconds * 0.9
+        some_sessions(app, 1)
+        assert relay._wait_for_notify()
+    finally:
+        relay.close()
+        relay.app.close()
