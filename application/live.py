@@ -78,23 +78,29 @@ Decision = tuple[Sequence[Aggregate], int, msgspec.Struct | Exception]
 
 class CacheReads(threading.local):
     """Per thread: whether the decision being made may take a session and its ledger from
-    the aggregate cache as they are, without asking the store for newer events, and the
-    copies it took so (see LiveApplication.command)."""
+    the aggregate cache as they are, without asking the store for newer events first, and
+    each copy it took so, with its version then (see LiveApplication.command)."""
 
     def __init__(self) -> None:
         self.allowed = False
-        self.taken: list[Aggregate] = []
+        self.taken: list[tuple[Aggregate, int]] = []
 
-    def begin(self, allowed: bool) -> list[Aggregate]:
+    def begin(self, allowed: bool) -> list[tuple[Aggregate, int]]:
         self.allowed, self.taken = allowed, []
         return self.taken
 
+    def take(self, *copies: Aggregate) -> None:
+        self.taken += ((copy, copy.version) for copy in copies)
 
-def checked_by_save(taken: Sequence[Aggregate], aggregates: Sequence[Aggregate]) -> bool:
-    """Whether saving `aggregates` checks every copy in `taken` against the store: each
-    must be saved with new events, whose versions must follow the stored ones."""
+
+def unchecked(
+    taken: Sequence[tuple[Aggregate, int]], aggregates: Sequence[Aggregate]
+) -> list[tuple[UUID, int]]:
+    """The copies in `taken` that saving `aggregates` does not check against the store, as
+    (id, version when taken). Saving a copy with new events checks it: their versions must
+    follow the stored ones."""
     saving = {id(a) for a in aggregates if a.pending_events}
-    return all(id(a) in saving for a in taken)
+    return [(copy.id, version) for copy, version in taken if id(copy) not in saving]
 
 
 class LiveApplication(
@@ -145,23 +151,23 @@ class LiveApplication(
             return answered
         for attempt in range(MAX_ATTEMPTS):
             # The first decision takes a session and its ledger as this process last saw
-            # them (the aggregate cache) without a query for newer events. Saving them then
-            # checks them: a stale one conflicts, and the decision is made again from the
-            # store. A decision that would not save each of them with new events (a
-            # refusal, an answer that changes nothing) is made again from the store before
-            # it counts.
+            # them (the aggregate cache), without asking the store for newer events first.
+            # Saving them checks them: a stale one conflicts, and the decision is made
+            # again from the store. Those it does not save with new events (a refusal, a
+            # heartbeat with no whole second to bill) are checked after the decision
+            # instead, in one query, and if one was stale the decision is made again.
             taken = self._cache_reads.begin(attempt == 0)
             try:
                 try:
                     aggregates, status, outcome = decide()
                 except DomainError as refusal:
-                    if taken:
+                    if not self._unchanged([(a.id, version) for a, version in taken]):
                         continue
                     self._remember_refusal(idem, refusal)
                     raise
                 finally:
                     self._cache_reads.allowed = False
-                if not checked_by_save(taken, aggregates):
+                if not self._unchanged(unchecked(taken, aggregates)):
                     continue
                 if isinstance(outcome, Exception):
                     if not isinstance(outcome, DomainError):
@@ -192,6 +198,13 @@ class LiveApplication(
                 continue
             return Answer(status, body, max(r.notification.id for r in recordings))
         raise RuntimeError("too much contention on one user's quota; retry")
+
+    def _unchanged(self, versions: Sequence[tuple[UUID, int]]) -> bool:
+        """Whether the store holds no event newer than these versions (one query, none
+        for none)."""
+        if not versions:
+            return True
+        return not cast(PairedReads, self.recorder).select_events_after(versions)
 
     def answered(self, idem: IdempotencyRequest | None) -> Answer | None:
         """The answer already given to this idempotent request, if any; a refusal given to
@@ -257,7 +270,7 @@ class LiveApplication(
         if self._cache_reads.allowed:
             cached = self._cached_copy(UsageLedger, ledger_key)
             if cached is not None:
-                self._cache_reads.taken.append(cached)
+                self._cache_reads.take(cached)
                 return cached
         ledger = self.load(UsageLedger, ledger_key)
         if ledger is not None:
@@ -298,7 +311,7 @@ class LiveApplication(
             loaded = self.load(LiveSession, session_id)
             return None if loaded is None else (loaded, self._ledger_of(loaded))
         if self._cache_reads.allowed:
-            self._cache_reads.taken += (session, ledger)
+            self._cache_reads.take(session, ledger)
         else:
             self._fast_forward([session, ledger])
         return session, ledger

@@ -1,8 +1,13 @@
-"""Benchmark: the write path in process, with nothing around it: start + end pairs through
-`LiveApplication` (no HTTP, no pipeline), one thread, on an embedded PostgreSQL of its own.
+"""Benchmark: the write path in process, with nothing around it: start + end pairs (or
+heartbeats) through `LiveApplication` (no HTTP, no pipeline), one thread, on an embedded
+PostgreSQL of its own.
 
     .venv/bin/python ops/bench_commands.py                      # this tree
     .venv/bin/python ops/bench_commands.py --against ../old     # and another checkout, alternating
+    .venv/bin/python ops/bench_commands.py --flow heartbeats    # 4 a second on each session
+
+Heartbeats come a quarter of a second apart on each of the 16 users' sessions, as the
+bench's wrk load sends them: three in four have no whole second to bill.
 
 Each round runs each tree in a process of its own (its own code: the tree comes first on
 the path), 16 users taking turns, a warm-up pass and then a measured pass of `--pairs`
@@ -28,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 USERS = 16
 
 
-def child(tree: str, database_url: str, pairs: int) -> None:
-    """One tree's run: prints `wall_ms cpu_ms` per pair of the measured pass."""
+def child(tree: str, database_url: str, pairs: int, flow: str) -> None:
+    """One tree's run: prints `wall_ms cpu_ms` per unit of the measured pass."""
     sys.path.insert(0, tree)
     import msgspec
 
@@ -46,11 +51,20 @@ def child(tree: str, database_url: str, pairs: int) -> None:
     who = [Principal(tenant_id="bench-commands", user_id=f"{os.getpid()}-{i}",
                      scopes=frozenset({"live:read", "live:write"}), credential="bearer")
            for i in range(USERS)]
+    sessions: list[str] = []
+    if flow == "heartbeats":
+        sessions = [msgspec.json.decode(app.start_session(user, "voice", now).body)
+                    ["session_id"] for user in who]
     try:
         for measured in (False, True):
             wall, cpu = time.perf_counter(), time.process_time()
             for i in range(pairs):
                 user = who[i % USERS]
+                if sessions:
+                    if i % USERS == 0:
+                        at[0] += timedelta(seconds=0.25)
+                    app.heartbeat(user, sessions[i % USERS], now)
+                    continue
                 answer = app.start_session(user, "voice", now)
                 at[0] += timedelta(seconds=1.1)
                 app.end_session(user, msgspec.json.decode(answer.body)["session_id"],
@@ -64,14 +78,16 @@ def child(tree: str, database_url: str, pairs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=1500, help="per measured pass")
+    parser.add_argument("--pairs", type=int, default=1500,
+                        help="pairs (or heartbeats) per measured pass")
+    parser.add_argument("--flow", choices=("pairs", "heartbeats"), default="pairs")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--against", type=Path, help="another checkout to run alternately")
     parser.add_argument("--database-url", help="a PostgreSQL to use (migrated here)")
     parser.add_argument("--child", nargs=2, metavar=("TREE", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.pairs)
+        child(args.child[0], args.child[1], args.pairs, args.flow)
         return
 
     sys.path.insert(0, str(ROOT))
@@ -94,7 +110,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, tree in trees.items():
                 out = subprocess.run(
-                    [sys.executable, __file__, "--pairs", str(args.pairs),
+                    [sys.executable, __file__, "--pairs", str(args.pairs), "--flow", args.flow,
                      "--child", str(tree), url],
                     env={**os.environ, "PYTHONPATH": str(tree)},
                     capture_output=True, text=True, check=True,
@@ -103,9 +119,10 @@ def main() -> None:
     finally:
         if pg is not None:
             pg.stop()
-    print(f"start + end pairs in process, one thread; {args.rounds} rounds of "
-          f"{args.pairs:,} pairs per tree")
-    print("| tree | wall ms/pair (median, range) | CPU ms/pair (median, range) |")
+    unit = "pair" if args.flow == "pairs" else "heartbeat"
+    what = "start + end pairs" if args.flow == "pairs" else "heartbeats, 4 a second a session"
+    print(f"{what} in process, one thread; {args.rounds} rounds of {args.pairs:,} per tree")
+    print(f"| tree | wall ms/{unit} (median, range) | CPU ms/{unit} (median, range) |")
     print("|---|---:|---:|")
     for name, values in runs.items():
         wall, cpu = [w for w, _ in values], [c for _, c in values]

@@ -379,5 +379,9 @@ def test_a_worker_alone_reads_nothing_back_for_its_own_writes(
     app.heartbeat(p, sid, clock)
     app.end_session(p, sid, "client", clock)
     again = body(app.start_session(p, "voice", clock))["session_id"]
-    app.end_session(p, again, "client", clock)
     assert reads == []
+    # A heartbeat with no whole second to bill saves nothing on the ledger: the ledger is
+    # checked after the decision, in one query, and the decision stands.
+    clock.advance(0.4)
+    assert body(app.heartbeat(p, again, clock))["billed_seconds"] == 0
+    assert reads == ["select_events_after"]
