@@ -51,24 +51,25 @@ def child(tree: str, database_url: str, pairs: int, flow: str) -> None:
     who = [Principal(tenant_id="bench-commands", user_id=f"{os.getpid()}-{i}",
                      scopes=frozenset({"live:read", "live:write"}), credential="bearer")
            for i in range(USERS)]
-    sessions: list[str] = []
-    if flow == "heartbeats":
-        sessions = [msgspec.json.decode(app.start_session(user, "voice", now).body)
-                    ["session_id"] for user in who]
+    def pair(i: int) -> None:
+        user = who[i % USERS]
+        answer = app.start_session(user, "voice", now)
+        at[0] += timedelta(seconds=1.1)
+        app.end_session(user, msgspec.json.decode(answer.body)["session_id"], "client", now)
+
+    def heartbeat(i: int) -> None:
+        if i % USERS == 0:
+            at[0] += timedelta(seconds=0.25)
+        app.heartbeat(who[i % USERS], sessions[i % USERS], now)
+
+    sessions = [msgspec.json.decode(app.start_session(user, "voice", now).body)["session_id"]
+                for user in who] if flow == "heartbeats" else []
+    step = heartbeat if sessions else pair
     try:
         for measured in (False, True):
             wall, cpu = time.perf_counter(), time.process_time()
             for i in range(pairs):
-                user = who[i % USERS]
-                if sessions:
-                    if i % USERS == 0:
-                        at[0] += timedelta(seconds=0.25)
-                    app.heartbeat(user, sessions[i % USERS], now)
-                    continue
-                answer = app.start_session(user, "voice", now)
-                at[0] += timedelta(seconds=1.1)
-                app.end_session(user, msgspec.json.decode(answer.body)["session_id"],
-                                "client", now)
+                step(i)
             if measured:
                 print(f"{1e3 * (time.perf_counter() - wall) / pairs:.4f} "
                       f"{1e3 * (time.process_time() - cpu) / pairs:.4f}")

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -266,18 +267,14 @@ class Relay:
         instead let them pile up in the relay's memory under load (hundreds a second), and
         a round never waited for a commit again."""
         conn = self._connection()
-        heard = conn.notifies(timeout=self.settings.relay_poll_seconds, stop_after=1)
-        try:
+        # Each generator holds the connection's lock until closed.
+        with closing(conn.notifies(timeout=self.settings.relay_poll_seconds,
+                                   stop_after=1)) as heard:
             if next(heard, None) is None:
                 return False
-        finally:
-            heard.close()
-        backlog = conn.notifies(timeout=0)
-        try:
+        with closing(conn.notifies(timeout=0)) as backlog:
             for _ in backlog:
                 pass
-        finally:
-            backlog.close()
         return True
 
     def _connection(self) -> psycopg.Connection[Any]:

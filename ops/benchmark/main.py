@@ -426,12 +426,10 @@ class Bench:
         bare_pid = self.bare.pid
         with CpuMeter(lambda: {**self.st.cpu_roots(), "bare": bare_pid}) as meter:
             res = load(p.load_s)
-        name = "two create-and-save anchor saves behind the bare Litestar endpoint, as a pair"
-        row = row_from("info", name, res, unit="pairs/s",
-                       note=f"{p.pair_workers} clients in parallel, the API's command threads "
-                            f"and pool; no credential, domain or pipeline{refused(res)}")
-        self.add(beside(row, self.anchor["create"]))
-        self._cpu_row(name, meter, res.count, "pair")
+        self._beside_pairs(
+            "two create-and-save anchor saves behind the bare Litestar endpoint, as a pair",
+            res, meter, f"{p.pair_workers} clients in parallel, the API's command threads and "
+                        "pool; no credential, domain or pipeline")
 
     def _public_x(self, token: str) -> str:
         """The `x` of the key that signed `token` (integration JWKS, or the dev issuer)."""
@@ -531,12 +529,15 @@ class Bench:
         finally:
             for pid in paused:
                 os.kill(pid, signal.SIGCONT)
-        row = row_from("info", name, res, unit="pairs/s",
-                       note=f"{', '.join(PIPELINE)} stopped by SIGSTOP for the run: the API and "
-                            f"PostgreSQL alone{refused(res)}")
+        self._beside_pairs(name, res, meter, f"{', '.join(PIPELINE)} stopped by SIGSTOP for "
+                                             "the run: the API and PostgreSQL alone")
+        self._settle_pipeline()
+
+    def _beside_pairs(self, name: str, res: LoadResult, meter: CpuMeter, note: str) -> None:
+        """An info row of pairs beside the pairs' anchor (no target), and its CPU row."""
+        row = row_from("info", name, res, unit="pairs/s", note=note + refused(res))
         self.add(beside(row, self.anchor["create"]))
         self._cpu_row(name, meter, res.count, "pair")
-        self._settle_pipeline()
 
     def quota(self) -> None:
         p = self.plan
