@@ -40,8 +40,15 @@ from uuid import UUID
 
 import msgspec
 import psycopg
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from kafka import KafkaAdminClient
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
@@ -61,7 +68,7 @@ _rows_encoder = msgspec.json.Encoder()
 
 # How long a poll waits for records before the idle partitions' watermarks are moved up to
 # the relay's position: the delay of `as_of` (and of read-your-writes) when little happens.
-POLL_TIMEOUT_MS = 50
+POLL_TIMEOUT_SECONDS = 0.05
 TOPIC_CHECK_SECONDS = 2.0
 OFFSET_COMMIT_SECONDS = 5.0
 IDLE_ADVANCE_SECONDS = 0.02
@@ -74,12 +81,14 @@ RETRY_SECONDS = 1.0
 # Tansu completes a group join only after about half the session timeout, and the
 # rebalance timeout (max poll interval) must be short for the first join to finish.
 CONSUMER_GROUP_CONFIG: dict[str, Any] = {
-    "session_timeout_ms": 6000,
-    "heartbeat_interval_ms": 1000,
-    "max_poll_interval_ms": 10000,
-    "auto_offset_reset": "earliest",
-    "enable_auto_commit": False,
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 1000,
+    "max.poll.interval.ms": 10000,
+    "auto.offset.reset": "earliest",
+    "enable.auto.commit": False,
 }
+
+Polled = Mapping[int, Sequence[Message]]  # partition -> its messages, in offset order
 
 
 @dataclass(frozen=True)
@@ -150,8 +159,10 @@ def extend_chain(chain: int, links: Iterable[Link]) -> int:
     return chain
 
 
-def previous_position(record: ConsumerRecord) -> int | None:
-    for name, value in record.headers or ():
+def previous_position(headers: Any) -> int | None:
+    """The position a message's headers (name, value pairs) name as its predecessor's on
+    its partition."""
+    for name, value in headers or ():
         if name == PREVIOUS_HEADER:
             try:
                 return int(value)
@@ -196,7 +207,7 @@ class Projector:
         self.group_id = group_id or f"xentree-live.{'+'.join(self.names)}.{self.topic}"
         self._conn: psycopg.Connection[Any] | None = None
         self._admin: KafkaAdminClient | None = None
-        self._consumer: KafkaConsumer | None = None
+        self._consumer: Consumer | None = None
         self._topic_id: str | None = None
         self._topic_checked_at = 0.0
         self._committed_at = 0.0
@@ -229,14 +240,12 @@ class Projector:
     def poll_once(self) -> int:
         """Apply one polled batch (or advance idle partitions); the number of records."""
         consumer = self._consumer_()
-        polled = consumer.poll(
-            timeout_ms=POLL_TIMEOUT_MS, max_records=self.settings.projection_batch_size
-        )
+        polled = self._poll(consumer)
         if not polled:
             self._advance_idle(consumer)
             return 0
         self.apply_records(polled)
-        count = sum(len(records) for records in polled.values())
+        count = sum(len(messages) for messages in polled.values())
         # Partitions with nothing new must not hold the watermark back while others are
         # busy (a poll that is never empty would otherwise never let them advance): before
         # the linger, so the batch just applied shows in the watermark without waiting.
@@ -251,6 +260,25 @@ class Projector:
         self._check_topic_when_due()
         return count
 
+    def _poll(self, consumer: Consumer) -> Polled:
+        """The messages fetched so far, up to a batch, waiting up to the poll timeout for
+        the first (a batch consume would wait that long for a whole batch)."""
+        first = consumer.poll(POLL_TIMEOUT_SECONDS)
+        if first is None:
+            return {}
+        messages = [first]
+        if self.settings.projection_batch_size > 1:
+            messages += consumer.consume(self.settings.projection_batch_size - 1, 0)
+        polled: dict[int, list[Message]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise KafkaException(error)
+            polled.setdefault(message.partition() or 0, []).append(message)
+        return polled
+
     def close(self) -> None:
         self._reset()
         if self._conn is not None:
@@ -259,23 +287,25 @@ class Projector:
 
     # ---- applying -------------------------------------------------------------------
 
-    def apply_records(self, polled: Mapping[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+    def apply_records(self, polled: Polled) -> None:
         """Apply a batch to every read model and record each one's progress, in one
         transaction."""
         envelopes: list[Envelope] = []
         batch: dict[int, tuple[list[Link], int]] = {}
-        for tp, records in polled.items():
+        for partition, messages in polled.items():
             links: list[Link] = []
-            for record in records:
+            for message in messages:
+                previous = previous_position(message.headers())
                 try:
-                    envelope = decode(record.value)
+                    envelope = decode(message.value() or b"")
                 except msgspec.DecodeError:
-                    log.error("skipping undecodable message %s@%d", tp, record.offset)
-                    links.append((previous_position(record), None))
+                    log.error("skipping undecodable message %s[%d]@%s",
+                              self.topic, partition, message.offset())
+                    links.append((previous, None))
                     continue
                 envelopes.append(envelope)
-                links.append((previous_position(record), envelope.position))
-            batch[tp.partition] = (links, records[-1].offset)
+                links.append((previous, envelope.position))
+            batch[partition] = (links, messages[-1].offset() or 0)
         progress = {
             name: {
                 partition: self._progress[name].get(partition, Tracked()).after(links, offset)
@@ -374,27 +404,30 @@ class Projector:
             (self._topic_id, names, partitions, positions, offsets, chains),
         )
 
-    def _commit_offsets(self, consumer: KafkaConsumer) -> None:
+    def _commit_offsets(self, consumer: Consumer) -> None:
         """Tell Kafka how far the group got, for operators' lag tools. Informational only:
         progress is read back from PostgreSQL, so this runs every few seconds, not per
         batch (a synchronous round trip to the broker)."""
         self._committed_at = time.monotonic()
         try:
-            consumer.commit()
+            consumer.commit(asynchronous=True)
         except Exception:
             log.debug("committing offsets of %s to Kafka failed", self.name, exc_info=True)
 
     # ---- the idle watermark step ----------------------------------------------------
 
-    def _advance_idle(self, consumer: KafkaConsumer) -> None:
+    def _advance_idle(self, consumer: Consumer) -> None:
         self._idle_advanced_at = time.monotonic()
-        assigned: set[TopicPartition] = consumer.assignment()
+        assigned = [tp.partition for tp in consumer.assignment()]
         if not assigned:
+            # No partitions (the group has not assigned them yet, or the topic went with
+            # the broker's storage): a recreated topic needs a new consumer.
+            self._check_topic_when_due()
             return
         conn = self._connection()
         relay = relay_progress(conn, self.topic)  # read before the end offsets, if any
         relayed = relay.position
-        behind = [tp for tp in assigned if self._applied(tp.partition) < relayed]
+        behind = [p for p in assigned if self._applied(p) < relayed]
         if not behind:
             self._check_topic_when_due()
             return
@@ -409,17 +442,17 @@ class Projector:
             # consume: a partition whose last event up to `relayed` is applied holds
             # nothing unapplied at or below it. No broker round trip.
             published = relay.partitions
-            caught_up = [tp.partition for tp in behind
-                         if self._applied(tp.partition) >= published.get(tp.partition, 0)]
+            caught_up = [p for p in behind if self._applied(p) >= published.get(p, 0)]
             self._check_topic_when_due()
         else:
             # The end offsets and our positions must be of the topic we consume: a
             # recreated topic's offsets say nothing about what we applied from the old one.
             # One check after reading them suffices: a topic's identity never comes back
             # once replaced, so if it is still ours now, it was ours when they were read.
-            ends: dict[TopicPartition, int] = consumer.end_offsets(behind)
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                      timeout=10) for p in behind}
             self._check_topic()
-            caught_up = [tp.partition for tp in behind if consumer.position(tp) >= ends[tp]]
+            caught_up = [p for p in behind if self._next_offset(p) >= max(ends[p])]
         if not caught_up:
             return
         with conn.transaction():
@@ -434,6 +467,10 @@ class Projector:
             for partition in caught_up:
                 t = progress.get(partition, Tracked())
                 progress[partition] = Tracked(max(t.position, relayed), t.offset, t.chain)
+
+    def _next_offset(self, partition: int) -> int:
+        """The offset after the last one every read model applied on `partition`."""
+        return 1 + min(self._progress[n].get(partition, Tracked()).offset for n in self.names)
 
     def _applied(self, partition: int) -> int:
         """Every event of `partition` at or below this position is applied, by every read
@@ -455,7 +492,7 @@ class Projector:
         if current != self._topic_id:
             raise TopicRecreated(self.topic)
 
-    def _consumer_(self) -> KafkaConsumer:
+    def _consumer_(self) -> Consumer:
         if self._consumer is not None:
             return self._consumer
         admin = self._admin_()
@@ -464,21 +501,37 @@ class Projector:
         self._topic_checked_at = time.monotonic()
         partitions = len(admin.describe_topics([self.topic])[0]["partitions"])
         self._prepare_tracking(partitions)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.group_id,
-            client_id="xentree-live-projector",
-            max_poll_records=self.settings.projection_batch_size,
+        # librdkafka, not kafka-python: kafka-python's fetch and decode cost ~54 us of the
+        # projector's CPU per message, librdkafka's ~1 us (ops/results/trials-20261206e).
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            # One group per incarnation of the topic. Tansu wedges a group whose member
+            # left while its join was cut short by a broker restart: the next member never
+            # gets an assignment (kafka-python left no such group; librdkafka does). The
+            # restart recreates the topic, so the next consumer joins a group of its own.
+            "group.id": (self.group_id if self._topic_id is None
+                         else f"{self.group_id}.{self._topic_id}"),
+            "client.id": "xentree-live-projector",
             # An empty fetch is held at most this long (see FETCH_MAX_WAIT_MS).
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            fetch_min_bytes=1,
+            "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
+            "fetch.min.bytes": 1,
+            # librdkafka fetches ahead of the polls, by default up to 64 MiB a partition:
+            # a projector catching up from the topic's start need not hold that much.
+            "queued.max.messages.kbytes": 8192,
             # Only ensure_topic creates the topic (with the configured partition count).
-            allow_auto_create_topics=False,
+            "allow.auto.create.topics": False,
+            "logger": log,
             **CONSUMER_GROUP_CONFIG,
-        )
-        consumer.subscribe([self.topic], listener=_SeekFromTracking(self, consumer))
+        })
+        consumer.subscribe([self.topic], on_assign=self._on_assign)
         self._consumer = consumer
         return consumer
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        resumed = self.seek_from_tracking(assigned)
+        log.info("%s resumes %s", self.name,
+                 ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in resumed))
+        consumer.assign(resumed)
 
     def _prepare_tracking(self, partitions: int) -> None:
         """One tracking row per partition of the topic, so the watermark stays 0 until
@@ -509,11 +562,9 @@ class Projector:
                     [(n, p) for n in self.names for p in range(partitions)],
                 )
 
-    def seek_from_tracking(
-        self, consumer: KafkaConsumer, assigned: Iterable[TopicPartition]
-    ) -> None:
-        """Resume each partition after the last offset every read model applied from this
-        same topic (one further ahead skips what it has by aggregate version)."""
+    def seek_from_tracking(self, assigned: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """Where to resume each partition: after the last offset every read model applied
+        from this same topic (one further ahead skips what it has by aggregate version)."""
         rows = self._connection().execute(
             "SELECT projection, partition, position, kafka_offset, chain, topic_id "
             "FROM projection_partitions WHERE projection = ANY(%s)",
@@ -523,6 +574,7 @@ class Projector:
             (n, int(p)): (Tracked(int(pos), int(off), int(chain)), tid)
             for n, p, pos, off, chain, tid in rows
         }
+        resumed = []
         for tp in assigned:
             resume = None
             for name in self.names:
@@ -531,10 +583,9 @@ class Projector:
                     t = Tracked(t.position)  # this topic is read from its start
                 self._progress[name][tp.partition] = t
                 resume = t.offset if resume is None else min(resume, t.offset)
-            if resume is not None and resume >= 0:
-                consumer.seek(tp, resume + 1)
-            else:
-                consumer.seek_to_beginning(tp)
+            start = resume + 1 if resume is not None and resume >= 0 else OFFSET_BEGINNING
+            resumed.append(TopicPartition(tp.topic, tp.partition, start))
+        return resumed
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -566,18 +617,6 @@ class Projector:
                 client.close()
             except Exception:
                 log.debug("closing a Kafka client of %s failed", self.name, exc_info=True)
-
-
-class _SeekFromTracking(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, projector: Projector, consumer: KafkaConsumer) -> None:
-        self._projector = projector
-        self._consumer = consumer
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        """Nothing to hand over: every applied batch is already committed in PostgreSQL."""
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self._projector.seek_from_tracking(self._consumer, assigned)
 
 
 def upsert_rows(

@@ -11,8 +11,7 @@ from uuid import UUID
 import msgspec
 import psycopg
 import pytest
-from kafka import TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
+from confluent_kafka import Message
 from psycopg.rows import dict_row
 
 from adapters.bootstrap import build_application
@@ -271,15 +270,14 @@ def test_quiet_partitions_do_not_hold_the_watermark_back(
     p, clock = user(), Clock()
     sid = body(app.start_session(p, "voice", clock))["session_id"]
     projector = Projector(settings, "sessions", group_id=f"x.sessions.{secrets.token_hex(4)}")
-    consumer = projector._consumer_()
-    poll = consumer.poll
+    poll = projector._poll
 
-    def never_empty(**kwargs: Any) -> Any:
-        while not (polled := poll(**kwargs)):
+    def never_empty(consumer: Any) -> Any:
+        while not (polled := poll(consumer)):
             pass
         return polled
 
-    consumer.poll = never_empty  # the idle path of poll_once never runs
+    projector._poll = never_empty  # type: ignore[method-assign]  # the idle path never runs
     try:
         first: int | None = None
         for _ in range(30):
@@ -303,7 +301,7 @@ def test_quiet_partitions_do_not_hold_the_watermark_back(
 
 def as_records(
     app: LiveApplication, owner: Principal, sid: str
-) -> tuple[list[ConsumerRecord], list[int]]:
+) -> tuple[list[Message], list[int]]:
     """The session's events as the relay publishes them to one partition (each message
     names the position of the one before it), and their positions."""
     stored = [n for n in app.recorder.select_notifications(0, 100_000)
@@ -312,9 +310,9 @@ def as_records(
     for offset, n in enumerate(stored):
         envelope = to_envelope(n, app.mapper.to_domain_event(n),
                                (owner.tenant_id, owner.user_id))
-        records.append(ConsumerRecord(
-            "t", 0, 0, offset, 0, 0, sid.encode(), encode(envelope),
-            [(PREVIOUS_HEADER, b"%d" % previous)], None, -1, -1, -1))
+        records.append(Message(
+            topic="t", partition=0, offset=offset, key=sid.encode(), value=encode(envelope),
+            headers=[(PREVIOUS_HEADER, b"%d" % previous)]))
         previous = n.id
     return records, [n.id for n in stored]
 
@@ -334,7 +332,6 @@ def test_a_batch_that_reached_a_recreated_topic_first_claims_nothing(
     records, positions = as_records(app, p, sid)
     assert len(records) == 5
     stale, republished = records[3:], records
-    tp = TopicPartition("t", 0)
     projector = Projector(settings, "sessions", group_id=f"x.{secrets.token_hex(4)}")
 
     def applied_up_to_watermark() -> int:
@@ -349,12 +346,12 @@ def test_a_batch_that_reached_a_recreated_topic_first_claims_nothing(
         return mark
 
     try:
-        projector.apply_records({tp: stale})
+        projector.apply_records({0: stale})
         assert session_row(conn, p.tenant_id, p.user_id, sid) is None
         assert applied_up_to_watermark() == 0
-        projector.apply_records({tp: republished[:2]})
+        projector.apply_records({0: republished[:2]})
         assert applied_up_to_watermark() == positions[1]
-        projector.apply_records({tp: republished[2:]})
+        projector.apply_records({0: republished[2:]})
         row = session_row(conn, p.tenant_id, p.user_id, sid)
         assert row is not None and row["version"] == 5 and row["session_seconds"] == 4
         assert applied_up_to_watermark() == positions[-1]

@@ -56,7 +56,9 @@ class TopicReader:
             return self.records
         for tp, batch in self.consumer.poll(timeout_ms=200).items():
             self.records.extend((tp.partition, r.offset, decode(r.value)) for r in batch)
-            self.previous.update(((tp.partition, r.offset), previous_position(r)) for r in batch)
+            self.previous.update(
+                ((tp.partition, r.offset), previous_position(r.headers)) for r in batch
+            )
         return self.records
 
     def chains(self) -> dict[int, int]:
