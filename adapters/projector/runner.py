@@ -501,8 +501,8 @@ class Projector:
         self._topic_checked_at = time.monotonic()
         partitions = len(admin.describe_topics([self.topic])[0]["partitions"])
         self._prepare_tracking(partitions)
-        # librdkafka, not kafka-python: kafka-python's fetch and decode cost ~54 us of the
-        # projector's CPU per message, librdkafka's ~1 us (ops/results/trials-20261206e).
+        # librdkafka, not kafka-python: kafka-python's fetch and decode cost ~9 us of CPU
+        # per message, librdkafka's ~1 us (ops/bench_clients.py, trials-20261206e).
         consumer = Consumer({
             "bootstrap.servers": self.settings.kafka_bootstrap,
             # One group per incarnation of the topic. Tansu wedges a group whose member

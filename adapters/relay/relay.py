@@ -344,8 +344,9 @@ class Relay:
         return self._admin
 
     def _producer_(self) -> Producer:
-        # librdkafka, not kafka-python: kafka-python's send cost ~85 us of the relay's CPU
-        # per message against Tansu, librdkafka's produce ~6 us (ops/results/trials-20261206e).
+        # librdkafka, not kafka-python: produced as the relay does, kafka-python costs
+        # ~45 us of CPU per message and Tansu ~14 us, librdkafka ~5 us and Tansu ~8 us
+        # (ops/bench_clients.py, ops/results/trials-20261206e).
         if self._producer is None:
             self._producer = Producer({
                 "bootstrap.servers": self.settings.kafka_bootstrap,
