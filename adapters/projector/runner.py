@@ -273,6 +273,14 @@ class Projector:
         for message in messages:
             error = message.error()
             if error is not None:
+                if error.code() == KafkaError._MAX_POLL_EXCEEDED:
+                    # This process stood still past the poll interval (stopped, or stalled)
+                    # and left the group. The next poll joins it again, and the assignment
+                    # seeks from tracking. Not a new consumer: Tansu never again assigns
+                    # partitions in a group that a member left in that state.
+                    log.warning("%s left its consumer group after a stall; rejoining",
+                                self.name)
+                    continue
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise KafkaException(error)

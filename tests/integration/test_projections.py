@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -297,6 +298,43 @@ def test_quiet_partitions_do_not_hold_the_watermark_back(
         raise AssertionError("the watermark stayed behind the quiet partitions")
     finally:
         projector.close()
+
+
+def test_a_projector_that_stood_still_past_the_poll_interval_rejoins(
+    settings: Settings, app: LiveApplication, relay: Relay, conn: psycopg.Connection[Any]
+) -> None:
+    """A projector that stood still longer than the consumer group allows (stopped, or a
+    long stall) is put out of its group. Its next polls join again with the same consumer
+    and it goes on applying. (A new consumer in the group, after closing the old one, was
+    never assigned partitions again by Tansu: the bench's paused pipeline wedged it.)"""
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    projector = Projector(settings, "sessions", group_id=f"x.stall.{secrets.token_hex(4)}")
+    try:
+        first = relay_position_after(app, conn, settings, p, sid, clock)
+        wait_until(lambda: projector.poll_once() >= 0 and watermark(conn, "sessions") >= first,
+                   30, "the first heartbeat to be applied")
+        consumer = projector._consumer
+        time.sleep(11)  # past max.poll.interval.ms (10 s): the group puts it out
+        second = relay_position_after(app, conn, settings, p, sid, clock)
+        wait_until(lambda: projector.poll_once() >= 0 and watermark(conn, "sessions") >= second,
+                   30, "the heartbeat after the stall to be applied")
+        assert projector._consumer is consumer, "the projector started over with a new consumer"
+    finally:
+        projector.close()
+
+
+def relay_position_after(
+    app: LiveApplication, conn: psycopg.Connection[Any], settings: Settings,
+    p: Principal, sid: str, clock: Clock,
+) -> int:
+    """A heartbeat's position, once the relay has published it."""
+    clock.advance(1)
+    position = app.heartbeat(p, sid, clock).position
+    assert position is not None
+    wait_until(lambda: relay_position(conn, settings.kafka_topic) >= position,
+               what="the relay to publish the heartbeat")
+    return position
 
 
 def as_records(
