@@ -415,7 +415,7 @@ class Projector:
     def _commit_offsets(self, consumer: Consumer) -> None:
         """Tell Kafka how far the group got, for operators' lag tools. Informational only:
         progress is read back from PostgreSQL, so this runs every few seconds, not per
-        batch (a synchronous round trip to the broker)."""
+        batch, and does not wait for the broker's answer."""
         self._committed_at = time.monotonic()
         try:
             consumer.commit(asynchronous=True)
