@@ -505,10 +505,10 @@ class Projector:
             return self._consumer
         admin = self._admin_()
         # Created here too, so projectors may start before the first relay.
-        self._topic_id = ensure_topic(admin, self.topic, self.settings.kafka_partitions)
+        topic = ensure_topic(admin, self.topic, self.settings.kafka_partitions)
+        self._topic_id = topic.id
         self._topic_checked_at = time.monotonic()
-        partitions = len(admin.describe_topics([self.topic])[0]["partitions"])
-        self._prepare_tracking(partitions)
+        self._prepare_tracking(len(topic.partitions))
         # librdkafka, not kafka-python: kafka-python's fetch and decode cost ~9 us of CPU
         # per message, librdkafka's ~1 us (ops/bench_clients.py, trials-20261206e).
         consumer = Consumer({

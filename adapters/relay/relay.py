@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 
 from adapters.bootstrap import build_application, recorder_of
 from adapters.relay.envelope import Owners, encode, to_envelope
-from adapters.relay.topic import ensure_topic, new_admin
+from adapters.relay.topic import Topic, ensure_topic, new_admin
 from application.live import LiveApplication
 from application.settings import Settings, parse_database_url
 
@@ -102,10 +102,9 @@ class Relay:
         self._owners = Owners(self._first_event)
         self._conn: psycopg.Connection[Any] | None = None
         self._producer: Producer | None = None
-        self._partitions: list[int] | None = None  # the topic's, as the producer saw them
         self._admin: KafkaAdminClient | None = None
         self._active = threading.Event()
-        self._topic: tuple[str | None, float] | None = None  # (topic id, when asked)
+        self._topic: tuple[Topic, float] | None = None  # (the topic, when asked)
 
     @property
     def active(self) -> bool:
@@ -215,7 +214,7 @@ class Relay:
         # The default partitioner's choice (murmur2 of the key, as Kafka's Java client and
         # kafka-python make it), made here so that each message can name the one before it
         # on its partition.
-        partitions = self._partitions_(producer)
+        partitions = self._topic_().partitions
         previous = dict(published)
         last: dict[int, int] = {}
         failed: list[KafkaError] = []
@@ -259,14 +258,6 @@ class Relay:
                 f"within {FLUSH_TIMEOUT_SECONDS:.0f} s"
             )
         return last
-
-    def _partitions_(self, producer: Producer) -> list[int]:
-        if self._partitions is None:
-            topic = producer.list_topics(self.topic, timeout=10).topics[self.topic]
-            if topic.error is not None:
-                raise KafkaException(topic.error)
-            self._partitions = sorted(topic.partitions)
-        return self._partitions
 
     def _first_event(self, originator_id: UUID | str) -> object | None:
         stored = self.app.recorder.select_events(originator_id, lte=1)
@@ -332,10 +323,14 @@ class Relay:
         return self._conn
 
     def _topic_id(self) -> str | None:
+        return self._topic_().id
+
+    def _topic_(self) -> Topic:
+        """The topic as last asked of the broker (its id and partitions, one round trip),
+        at most TOPIC_CHECK_SECONDS ago."""
         if self._topic is None or time.monotonic() - self._topic[1] > TOPIC_CHECK_SECONDS:
             found = ensure_topic(self._admin_(), self.topic, self.settings.kafka_partitions)
             self._topic = (found, time.monotonic())
-            self._partitions = None  # partitions added since are published to as well
         return self._topic[0]
 
     def _admin_(self) -> KafkaAdminClient:
@@ -370,7 +365,6 @@ class Relay:
 
     def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
-        self._partitions = None
         if producer is not None:
             # Unacknowledged messages are dropped: the position was not saved past them.
             _close_quietly(lambda: producer.purge())

@@ -4,6 +4,7 @@ the relay and every consumer compare ids to notice that they must start over."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient
@@ -26,8 +27,19 @@ def new_admin(bootstrap: str, client_id: str) -> KafkaAdminClient:
     )
 
 
+@dataclass(frozen=True)
+class Topic:
+    id: str | None  # None when the broker has no topic ids
+    partitions: tuple[int, ...]  # the partition indexes, in order
+
+
 def topic_id(admin: KafkaAdminClient, topic: str) -> str | None:
     """The topic's id; None when the broker has no topic ids. Raises TopicMissing."""
+    return describe_topic(admin, topic).id
+
+
+def describe_topic(admin: KafkaAdminClient, topic: str) -> Topic:
+    """The topic's id and partitions, in one round trip. Raises TopicMissing."""
     described: list[dict[str, Any]] = admin.describe_topics([topic])
     for entry in described:
         if entry["name"] != topic:
@@ -37,18 +49,19 @@ def topic_id(admin: KafkaAdminClient, topic: str) -> str | None:
         if entry["error_code"]:
             raise RuntimeError(f"describing topic {topic}: error {entry['error_code']}")
         tid = entry.get("topic_id")
-        return None if tid is None or str(tid) == _NO_TOPIC_ID else str(tid)
+        return Topic(None if tid is None or str(tid) == _NO_TOPIC_ID else str(tid),
+                     tuple(sorted(p["partition_index"] for p in entry["partitions"])))
     raise TopicMissing(topic)
 
 
-def ensure_topic(admin: KafkaAdminClient, topic: str, partitions: int) -> str | None:
-    """Create the topic if it does not exist; its id."""
+def ensure_topic(admin: KafkaAdminClient, topic: str, partitions: int) -> Topic:
+    """Create the topic if it does not exist; its id and partitions."""
     try:
-        return topic_id(admin, topic)
+        return describe_topic(admin, topic)
     except TopicMissing:
         pass
     try:
         admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     except TopicAlreadyExistsError:
         pass  # another process won the race
-    return topic_id(admin, topic)
+    return describe_topic(admin, topic)
