@@ -14,8 +14,8 @@ from uuid import UUID
 
 import msgspec
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import RecordConflictError, StoredEvent
+from eventsourcing.domain import Aggregate, DomainEventProtocol, MutableOrImmutableAggregate
+from eventsourcing.persistence import RecordConflictError, Recording, StoredEvent
 
 from application.idempotency import (
     REFUSED,
@@ -198,6 +198,28 @@ class LiveApplication(
                 continue
             return Answer(status, body, max(r.notification.id for r in recordings))
         raise RuntimeError("too much contention on one user's quota; retry")
+
+    def save(
+        self,
+        *objs: MutableOrImmutableAggregate[UUID] | DomainEventProtocol[UUID] | None,
+        **kwargs: Any,
+    ) -> list[Recording[UUID]]:
+        """The library's save, collecting an aggregate's events without its two runtime
+        Protocol checks (`isinstance` against a Protocol costs ~10 µs an aggregate in Python
+        3.11, a few per cent of a command's API time); anything else it collects itself."""
+        processing_event: ProcessingEvent[UUID] = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            else:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # Deprecated, as in the library.
+        return recordings
 
     def _unchanged(self, versions: Sequence[tuple[UUID, int]]) -> bool:
         """Whether the store holds no event newer than these versions (one query, none

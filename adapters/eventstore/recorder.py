@@ -27,7 +27,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError, StoredEv
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import get_topic, retry
 
-from adapters.eventstore.append import APPEND_CALL
+from adapters.eventstore.append import APPEND_CALL, TextArray, UuidArray
 from adapters.eventstore.chain import stored_timestamp
 from adapters.eventstore.history import EVENTS_TABLE
 from adapters.eventstore.integration_index import TOPICS as INTEGRATION_TOPICS
@@ -120,17 +120,17 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
                 )
                 for e in stored_events
             ],
-            [stored_timestamp(e.state) for e in stored_events],
+            TextArray([stored_timestamp(e.state) for e in stored_events]),
             self._lock_timeout,
             *(
                 (record.owner, record.key, record.fingerprint, record.status, record.body)
                 if record is not None
                 else (None, None, None, None, None)
             ),
-            [session for session, _, _ in started],
-            [credential for _, credential, _ in started],
-            [credential_id for _, _, credential_id in started],
-            [e.originator_id for e in stored_events if e.topic == SESSION_ENDED],
+            UuidArray([session for session, _, _ in started]),
+            TextArray([credential for _, credential, _ in started]),
+            TextArray([credential_id for _, _, credential_id in started]),
+            UuidArray([e.originator_id for e in stored_events if e.topic == SESSION_ENDED]),
         )
         side = [statement for e in stored_events for statement in _index_rows(e)]
         with self.datastore.get_connection() as conn:
