@@ -90,9 +90,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_batch_size: int = 500
     relay_poll_seconds: float = 0.5
     # After a notification, how long the relay lets more commits gather before it reads
-    # the log: fewer, larger batches (one produce, one position write each) for that
-    # much more lag.
-    relay_linger_ms: int = 10
+    # the log: fewer, larger batches (one produce, one position write each, and one
+    # stored batch that the embedded broker lists on every later fetch) for that much
+    # more lag (README "Tuning").
+    relay_linger_ms: int = 25
     projection_batch_size: int = 500
     # After a batch short of the batch size, how long a projector lets more events gather
     # before it fetches again: fewer, larger transactions for that much more lag.
