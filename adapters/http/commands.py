@@ -41,8 +41,11 @@ async def in_thread(fn: Callable[[], T], executor: Executor | None = None) -> T:
 
 
 async def in_command_thread(services: Services, fn: Callable[[], T]) -> T:
-    """Run a command on the event store in the command threads (README "Tuning")."""
-    return await in_thread(fn, services.commands)
+    """Run a command on the event store in the command threads (README "Tuning"), or in
+    the loop's executor before the services have started them."""
+    if services.commands is None:
+        return await in_thread(fn)
+    return await services.commands.run(fn)
 
 
 async def idempotency(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from adapters.bootstrap import build_application, recorder_of
 from adapters.eventstore.recorder import LiveRecorder
 from adapters.http.dbhealth import DatabaseHealth
 from adapters.http.problems import Unavailable
+from adapters.http.threads import LoopThreads
 from adapters.integration.store import IntegrationStore
 from adapters.integration.tokens import IntegrationTokenVerifier, TokenSigner
 from adapters.integration.vault import SealedKeyVault
@@ -98,12 +98,10 @@ class Services:
     # holds the interpreter most of the time it runs, and more of them at once only
     # contend for it (and wait on each other's appends); an audit replay or a read
     # waiting on a slow database cannot hold them up.
-    commands: ThreadPoolExecutor | None = None
+    commands: LoopThreads | None = None
 
     async def start(self) -> None:
-        self.commands = ThreadPoolExecutor(
-            max_workers=self.settings.command_threads, thread_name_prefix="xentree-command"
-        )
+        self.commands = LoopThreads(self.settings.command_threads, "xentree-command")
         if self.async_reads is not None:
             await self.async_reads.open()
         if self.quota_cache is not None:

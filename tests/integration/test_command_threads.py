@@ -14,6 +14,7 @@ from litestar.testing import TestClient
 from adapters.auth.dev_issuer import DevIssuer
 from adapters.eventstore.schema import migrate
 from adapters.http.app import create_app
+from adapters.http.threads import LoopThreads
 from application.settings import Settings
 from ops.stack import free_port
 from tests.support.services import scratch_database
@@ -37,8 +38,8 @@ def test_commands_run_in_their_own_threads(database_url: str, tmp_path: Path) ->
         with TestClient(app=app) as client:
             services = app.state.services
             commands = services.commands
-            assert isinstance(commands, ThreadPoolExecutor)
-            assert commands._max_workers == 2
+            assert isinstance(commands, LoopThreads)
+            assert len(commands._threads) == 2
 
             live, recorder = services.live, services.recorder
             start, keys_of = live.start_session, recorder.api_keys_of
