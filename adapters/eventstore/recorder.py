@@ -23,11 +23,17 @@ from typing import Any
 from uuid import UUID
 
 import msgspec
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import get_topic, retry
+from psycopg.types.composite import CompositeInfo
 
-from adapters.eventstore.append import APPEND_CALL, TextArray, UuidArray
+from adapters.eventstore.append import APPEND_CALL, EventRows, TextArray, UuidArray
 from adapters.eventstore.chain import stored_timestamp
 from adapters.eventstore.history import EVENTS_TABLE
 from adapters.eventstore.integration_index import TOPICS as INTEGRATION_TOPICS
@@ -114,12 +120,7 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
         record: IdempotencyRecord | None = kwargs.get("idempotency")
         started = [_started_row(e) for e in stored_events if e.topic == SESSION_STARTED]
         params = (
-            [
-                self.construct_pg_stored_event(
-                    e.originator_id, e.originator_version, e.topic, e.state
-                )
-                for e in stored_events
-            ],
+            EventRows(stored_events, self._event_type()),
             TextArray([stored_timestamp(e.state) for e in stored_events]),
             self._lock_timeout,
             *(
@@ -143,6 +144,15 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
                     curs.execute(statement, args)
                 curs.execute(self.append_call, params, prepare=True)
                 return [row["position"] for row in curs.fetchall()]
+
+    def _event_type(self) -> CompositeInfo:
+        """The store's composite type for an event, as the datastore fetched it."""
+        try:
+            return self.datastore.psycopg_type_adapters[self.stored_event_type_name]
+        except KeyError:
+            raise ProgrammingError(
+                f"Composite type '{self.stored_event_type_name}' not found"
+            ) from None
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def select_events_after(

@@ -1,14 +1,19 @@
-"""The append call's array arguments (TextArray, UuidArray) reach PostgreSQL as the values
-they hold, whatever the text: psycopg sends them as array literals we write ourselves."""
+"""The append call's array arguments reach PostgreSQL as the values they hold: the text and
+uuid arrays (TextArray, UuidArray), sent as array literals we write, and the events
+(EventRows), sent as a binary array of the store's composite type we pack."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from uuid import uuid4
 
 import psycopg
 import pytest
+from eventsourcing.persistence import StoredEvent
+from psycopg.types.composite import CompositeInfo, register_composite
 
-from adapters.eventstore.append import TextArray, UuidArray
+from adapters.eventstore.append import EventRows, TextArray, UuidArray
+from tests.support.services import scratch_database
 
 HOSTILE = [
     "",
@@ -57,3 +62,51 @@ def test_a_str_in_a_uuid_array_is_one_element_or_refused(database_url: str) -> N
         assert conn.execute("SELECT %s::uuid[]", (UuidArray([str(a)]),)).fetchone() == ([a],)
         with pytest.raises(psycopg.errors.InvalidTextRepresentation):
             conn.execute("SELECT %s::uuid[]", (UuidArray([f"{a},{b}"]),))
+
+
+@pytest.fixture(scope="module")
+def event_type(database_url: str) -> Iterator[tuple[str, CompositeInfo]]:
+    """A database with eventsourcing's composite type for an event, and its info."""
+    with scratch_database(database_url) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TYPE stored_event_uuid AS (originator_id uuid, "
+                         "originator_version bigint, topic text, state bytea)")
+            info = CompositeInfo.fetch(conn, "stored_event_uuid")
+        assert info is not None
+        yield url, info
+
+
+def test_events_arrive_as_the_fields_they_hold(event_type: tuple[str, CompositeInfo]) -> None:
+    url, info = event_type
+    first, second = uuid4(), uuid4()
+    events = [
+        StoredEvent(first, 1, "domain.session:LiveSession.Started", b'{"a": 1}'),
+        StoredEvent(str(second), 2**40, "t\u00f6pic \"quoted\" \\ ✓", b""),
+        StoredEvent(first, 2, "", bytes(range(256)) * 400),
+    ]
+    with psycopg.connect(url) as conn:
+        register_composite(info, conn)
+        rows = conn.execute(
+            "SELECT e.originator_id, e.originator_version, e.topic, e.state "
+            "FROM unnest(%b::stored_event_uuid[]) AS e",
+            (EventRows(events, info),),
+        ).fetchall()
+        empty = conn.execute("SELECT cardinality(%b::stored_event_uuid[])",
+                             (EventRows([], info),)).fetchone()
+    assert rows == [(first, 1, events[0].topic, events[0].state),
+                    (second, 2**40, events[1].topic, b""),
+                    (first, 2, "", events[2].state)]
+    assert empty == (0,)
+
+
+def test_events_of_another_shape_are_refused_before_anything_is_sent(
+    event_type: tuple[str, CompositeInfo],
+) -> None:
+    url, _ = event_type
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TYPE stored_event_text AS (originator_id text, "
+                     "originator_version bigint, topic text, state bytea)")
+        other = CompositeInfo.fetch(conn, "stored_event_text")
+    assert other is not None
+    with pytest.raises(ValueError, match="uuid, bigint, text, bytea"):
+        EventRows([], other)
