@@ -217,8 +217,7 @@ class LiveApplication(
         processing_event.saved_kwargs.update(kwargs)
         recordings = self._record(processing_event)
         self._take_snapshots(processing_event)
-        self._notify(recordings)
-        self.notify(processing_event.events)  # Deprecated, as in the library.
+        self._notify(recordings)  # the library's hook (its deprecated `notify` is not called)
         return recordings
 
     def _unchanged(self, versions: Sequence[tuple[UUID, int]]) -> bool:

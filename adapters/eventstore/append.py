@@ -23,7 +23,7 @@ computed by `chain.stored_timestamp`, so both sides read it the same way.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -165,11 +165,15 @@ def _quoted(value: str | None) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _array_literal(values: Iterable[str | None]) -> bytes:
+    return ("{" + ",".join(map(_quoted, values)) + "}").encode()
+
+
 class _TextArrayDumper(Dumper):
     oid = psycopg.postgres.types["text"].array_oid
 
     def dump(self, obj: TextArray) -> Buffer:
-        return ("{" + ",".join(map(_quoted, obj)) + "}").encode()
+        return _array_literal(obj)
 
 
 class _UuidArrayDumper(Dumper):
@@ -178,7 +182,7 @@ class _UuidArrayDumper(Dumper):
     def dump(self, obj: UuidArray) -> Buffer:
         # Quoted like text: a str element that is not a UUID is refused by PostgreSQL as
         # one element, never read as several.
-        return ("{" + ",".join(_quoted(str(v)) for v in obj) + "}").encode()
+        return _array_literal(map(str, obj))
 
 
 # The store's composite type for an event (eventsourcing's `stored_event_uuid`), field by
