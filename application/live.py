@@ -265,11 +265,25 @@ class LiveApplication(
 
     def _cache_saved(self, aggregates: Sequence[Aggregate]) -> None:
         """Saved aggregates are the freshest state there is: cache copies, so the next
-        command on them (the end of a session just started) starts from the cache."""
+        command on them (the end of a session just started) starts from the cache. An
+        ended session is dropped instead: no command changes it again, and kept it would
+        push live sessions and ledgers out of the cache (a burst of short sessions evicted
+        every long one, whose next heartbeats then loaded them from the store)."""
         cache = self.repository.cache
         if cache is not None:
             for aggregate in aggregates:
-                cache.put(aggregate.id, deepcopy(aggregate))
+                if isinstance(aggregate, LiveSession) and not aggregate.is_active:
+                    self._uncache(aggregate.id)
+                else:
+                    cache.put(aggregate.id, deepcopy(aggregate))
+
+    def _uncache(self, aggregate_id: UUID) -> None:
+        cache = self.repository.cache
+        if cache is not None:
+            try:
+                cache.get(aggregate_id, evict=True)
+            except KeyError:
+                pass
 
     def _replay_or_raise(self, idem: IdempotencyRequest | None) -> Answer:
         answer = self.answered(idem)
@@ -487,6 +501,7 @@ class LiveApplication(
                 self.save(session, ledger)
             except RecordConflictError:
                 continue
+            self._uncache(session.id)
             # Its transcript is the bridge's to finalise (with a turn the end cut off); if
             # the bridge is gone too, the reaper's sweep of abandoned transcripts does.
             return True
@@ -508,6 +523,7 @@ class LiveApplication(
                 self.save(session, ledger)
             except RecordConflictError:
                 continue
+            self._uncache(session.id)
             assert bill.end_reason is not None
             if bill.end_reason == "idle_timeout":
                 # Nobody heartbeats it, so no realtime bridge holds it any more (a bridge

@@ -21,6 +21,8 @@ from application.live import LiveApplication
 from application.principal import Principal
 from application.settings import PlanDefaults, Settings
 from domain.errors import NotFound, QuotaExceeded, SessionAlreadyActive, SessionNotActive
+from domain.ids import ledger_id
+from domain.periods import period_bounds
 from tests.support.clock import Clock
 
 
@@ -385,3 +387,44 @@ def test_a_worker_alone_reads_nothing_back_for_its_own_writes(
     clock.advance(0.4)
     assert body(app.heartbeat(p, again, clock))["billed_seconds"] == 0
     assert reads == ["select_events_after"]
+
+
+def _cached(app: LiveApplication, aggregate_id: UUID) -> bool:
+    cache = app.repository.cache
+    assert cache is not None
+    try:
+        cache.get(aggregate_id)
+    except KeyError:
+        return False
+    return True
+
+
+def test_an_ended_session_leaves_the_cache_and_its_ledger_stays(
+    app: LiveApplication,
+) -> None:
+    """No command changes an ended session: the cache keeps live sessions and ledgers,
+    which a burst of short sessions would otherwise push out. The ended one still answers
+    from the store."""
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    assert _cached(app, UUID(sid))
+    clock.advance(3.2)
+    ended = body(app.end_session(p, sid, "client", clock))
+    assert not _cached(app, UUID(sid))
+    ledger = ledger_id(p.tenant_id, p.user_id, period_bounds(clock())[0])
+    assert _cached(app, ledger)  # before anything reads it again
+    assert app.ledger_for(p.tenant_id, p.user_id, clock()).used_seconds == 3
+    assert body(app.end_session(p, sid, "client", clock)) == ended
+    with pytest.raises(SessionNotActive):
+        app.heartbeat(p, sid, clock)
+    assert app.session_view(p, sid)["session_seconds"] == 3
+
+
+def test_a_session_ended_by_the_server_leaves_the_cache(app: LiveApplication) -> None:
+    p, clock = user(), Clock()
+    sid = body(app.start_session(p, "voice", clock))["session_id"]
+    clock.advance(2.5)
+    assert app.end_for(UUID(sid), "token_revoked", clock)
+    assert not _cached(app, UUID(sid))
+    with pytest.raises(SessionNotActive):
+        app.heartbeat(p, sid, clock)
