@@ -32,7 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.audit.history import History
 from adapters.audit.rebuild import rebuild
 from adapters.eventstore import chain
-from adapters.eventstore.append import APPEND_CALL, APPEND_FUNCTION, append_function_ddl
+from adapters.eventstore.append import (
+    APPEND_CALL,
+    APPEND_FUNCTION,
+    GROUPED_CALL,
+    GROUPED_FUNCTION,
+    append_function_ddl,
+    grouped_function_ddl,
+)
 from adapters.eventstore.recorder import LiveRecorder
 from adapters.eventstore.schema import infrastructure_env, migrate
 from adapters.projector.runner import PROJECTIONS
@@ -43,17 +50,20 @@ from ops.stack import EmbeddedPostgres, free_port
 from tests.support.clock import Clock
 
 UNCHAINED = "xentree_append_unchained"
+UNCHAINED_GROUPED = "xentree_append_unchained_grouped"
 
 
 class UnchainedRecorder(LiveRecorder):
     """The baseline: everything the recorder does, except extending the chain."""
 
     append_call = APPEND_CALL.replace(APPEND_FUNCTION, UNCHAINED)
+    grouped_call = GROUPED_CALL.replace(GROUPED_FUNCTION, UNCHAINED_GROUPED)
 
 
 def _install_unchained(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(append_function_ddl(UNCHAINED, chained=False))
+        conn.execute(grouped_function_ddl(UNCHAINED_GROUPED, UNCHAINED))
 
 
 def _database(admin_url: str, name: str) -> str:

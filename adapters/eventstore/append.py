@@ -15,6 +15,10 @@ second later (seen as one-second stalls in the heartbeat's p99). Every append go
 through this function (the role holds no INSERT on history), so the advisory lock
 serialises them all the same.
 
+A process's appends that arrive while one of its appends is in flight commit together,
+each through `xentree_append_grouped` (the append function in a subtransaction), in one
+transaction (adapters/eventstore/group_commit.py).
+
 The chain digest computed here must equal `chain.event_digest` byte for byte (a unit test
 and every `audit verify` check it); the event's stored timestamp comes from the caller,
 computed by `chain.stored_timestamp`, so both sides read it the same way.
@@ -38,6 +42,8 @@ from adapters.eventstore.history import CHAIN_TABLE, EVENTS_TABLE, SCHEMA
 from adapters.eventstore.session_ends import CHANNEL as SESSIONS_ENDED
 
 APPEND_FUNCTION = "xentree_append"
+# One append of a group committed together (adapters/eventstore/group_commit.py).
+GROUPED_FUNCTION = "xentree_append_grouped"
 # The advisory lock every appender holds until it commits (migrations use 7_241_117).
 APPEND_LOCK = 7_241_118
 DIGEST_FUNCTION = "xentree_event_digest"
@@ -63,6 +69,21 @@ $$;
 """
 
 
+_PARAMETERS = """
+    events {schema}.{event_type}[],
+    stamps text[],
+    lock_timeout text,
+    idem_owner text,
+    idem_key text,
+    idem_fingerprint text,
+    idem_status integer,
+    idem_body bytea,
+    started uuid[],
+    started_credential text[],
+    started_credential_id text[],
+    ended uuid[]"""
+
+
 def append_function_ddl(name: str = APPEND_FUNCTION, *, chained: bool = True) -> str:
     """The append function. `chained=False` only for the chain-cost benchmark's baseline
     (a database of its own): an unchained event is exactly what `audit verify` reports."""
@@ -75,20 +96,9 @@ def append_function_ddl(name: str = APPEND_FUNCTION, *, chained: bool = True) ->
         if chained
         else ""
     )
+    parameters = _PARAMETERS.format(schema=SCHEMA, event_type=STORED_EVENT_TYPE)
     return f"""
-CREATE OR REPLACE FUNCTION {SCHEMA}.{name}(
-    events {SCHEMA}.{STORED_EVENT_TYPE}[],
-    stamps text[],
-    lock_timeout text,
-    idem_owner text,
-    idem_key text,
-    idem_fingerprint text,
-    idem_status integer,
-    idem_body bytea,
-    started uuid[],
-    started_credential text[],
-    started_credential_id text[],
-    ended uuid[]
+CREATE OR REPLACE FUNCTION {SCHEMA}.{name}({parameters}
 ) RETURNS SETOF bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
@@ -131,6 +141,36 @@ $$;
 """
 
 
+def grouped_function_ddl(
+    name: str = GROUPED_FUNCTION, append: str = APPEND_FUNCTION
+) -> str:
+    """One append of a group committed together (adapters/eventstore/group_commit.py):
+    the append function, in a subtransaction of the group's transaction, so an append
+    that conflicts (a unique violation: an aggregate's version or an idempotency key
+    taken) answers its conflict and leaves the group's others to commit. The lock is taken
+    outside the subtransaction: a lock timeout fails the whole group."""
+    parameters = _PARAMETERS.format(schema=SCHEMA, event_type=STORED_EVENT_TYPE)
+    return f"""
+CREATE OR REPLACE FUNCTION {SCHEMA}.{name}({parameters},
+    OUT positions bigint[],
+    OUT conflict text
+) LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM set_config('lock_timeout', lock_timeout, true);
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
+    BEGIN
+        positions := ARRAY(SELECT {SCHEMA}.{append}(
+            events, stamps, lock_timeout, idem_owner, idem_key, idem_fingerprint,
+            idem_status, idem_body, started, started_credential, started_credential_id,
+            ended));
+    EXCEPTION WHEN unique_violation THEN
+        GET STACKED DIAGNOSTICS conflict = MESSAGE_TEXT;
+    END;
+END
+$$;
+"""
+
+
 APPEND_SIGNATURE = (
     f"{APPEND_FUNCTION}({SCHEMA}.{STORED_EVENT_TYPE}[], text[], text, text, text, text, "
     "integer, bytea, uuid[], text[], text[], uuid[])"
@@ -141,6 +181,11 @@ APPEND_SIGNATURE = (
 APPEND_CALL = (
     f"SELECT {SCHEMA}.{APPEND_FUNCTION}(%b, %s, %s, %s, %s, %s, %s, %s, "
     "%s::uuid[], %s::text[], %s::text[], %s::uuid[]) AS position"
+)
+GROUPED_SIGNATURE = APPEND_SIGNATURE.replace(APPEND_FUNCTION, GROUPED_FUNCTION, 1)
+GROUPED_CALL = (
+    f"SELECT positions, conflict FROM {SCHEMA}.{GROUPED_FUNCTION}(%b, %s, %s, %s, %s, %s, "
+    "%s, %s, %s::uuid[], %s::text[], %s::text[], %s::uuid[])"
 )
 
 
@@ -259,9 +304,11 @@ def install(conn: psycopg.Connection[Any], role: str) -> None:
     after the history tables exist."""
     conn.execute(DIGEST_DDL)
     conn.execute(append_function_ddl())
+    conn.execute(grouped_function_ddl())
     if role:
-        conn.execute(
-            sql.SQL("GRANT EXECUTE ON FUNCTION {}.{} TO {}").format(
-                sql.Identifier(SCHEMA), sql.SQL(APPEND_SIGNATURE), sql.Identifier(role)
+        for signature in (APPEND_SIGNATURE, GROUPED_SIGNATURE):
+            conn.execute(
+                sql.SQL("GRANT EXECUTE ON FUNCTION {}.{} TO {}").format(
+                    sql.Identifier(SCHEMA), sql.SQL(signature), sql.Identifier(role)
+                )
             )
-        )

@@ -11,8 +11,12 @@ same transaction as a command's events:
 
 The events, the idempotency answer and the chain go in through one database function
 (adapters/eventstore/append.py); index rows, when an event needs any, go first in the
-same transaction. A second insert of the same idempotency key fails the whole transaction with an
+same transaction. A second insert of the same idempotency key fails the append with an
 IntegrityError (a RecordConflictError), exactly like a concurrent write to an aggregate.
+
+Appends without index rows (the sessions' and ledgers', nearly all of them) that arrive
+while another is in flight commit together, in one transaction and one WAL flush
+(adapters/eventstore/group_commit.py); each still answers, or conflicts, on its own.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from uuid import UUID
 
 import msgspec
 from eventsourcing.persistence import (
+    IntegrityError,
     InterfaceError,
     OperationalError,
     ProgrammingError,
@@ -33,8 +38,15 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import get_topic, retry
 from psycopg.types.composite import CompositeInfo
 
-from adapters.eventstore.append import APPEND_CALL, EventRows, TextArray, UuidArray
+from adapters.eventstore.append import (
+    APPEND_CALL,
+    GROUPED_CALL,
+    EventRows,
+    TextArray,
+    UuidArray,
+)
 from adapters.eventstore.chain import stored_timestamp
+from adapters.eventstore.group_commit import GroupCommit
 from adapters.eventstore.history import EVENTS_TABLE
 from adapters.eventstore.integration_index import TOPICS as INTEGRATION_TOPICS
 from adapters.eventstore.integration_index import IntegrationIndexQueries, integration_rows
@@ -103,23 +115,47 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
     # The database function that appends (adapters/eventstore/append.py); the chain-cost
     # benchmark's baseline swaps in an unchained one of its own database.
     append_call = APPEND_CALL
+    grouped_call = GROUPED_CALL
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         if events_table_name != EVENTS_TABLE:
             raise ValueError(f"the append function writes {EVENTS_TABLE} only")
         self._lock_timeout = f"{datastore.lock_timeout}s"
+        # Appends of this process that arrive while one is in flight commit together.
+        self._group: GroupCommit[tuple[Any, ...], list[int]] = GroupCommit(
+            self._append_one, self._append_group
+        )
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Append in one call of the append function. Events that also change another
-        write-side index (API keys, integration tokens) send those rows first, in the same
-        transaction, pipelined."""
-        record: IdempotencyRecord | None = kwargs.get("idempotency")
+        """Append in one call of the append function, committed together with the
+        process's other appends in flight (GroupCommit). Events that also change another
+        write-side index (API keys, integration tokens) send those rows first, in a
+        transaction of their own, pipelined."""
+        params = self.append_params(stored_events, kwargs.get("idempotency"))
+        side = [statement for e in stored_events for statement in _index_rows(e)]
+        if not side:
+            return self._group.submit(params)
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            for statement, args in side:
+                curs.execute(statement, args)
+            curs.execute(self.append_call, params, prepare=True)
+            return [row["position"] for row in curs.fetchall()]
+
+    def append_params(
+        self, stored_events: Sequence[StoredEvent], record: IdempotencyRecord | None
+    ) -> tuple[Any, ...]:
+        """The append function's arguments for these events and idempotency answer."""
         started = [_started_row(e) for e in stored_events if e.topic == SESSION_STARTED]
-        params = (
+        return (
             EventRows(stored_events, self._event_type()),
             TextArray([stored_timestamp(e.state) for e in stored_events]),
             self._lock_timeout,
@@ -133,17 +169,37 @@ class LiveRecorder(IntegrationIndexQueries, PostgresApplicationRecorder):
             TextArray([credential_id for _, _, credential_id in started]),
             UuidArray([e.originator_id for e in stored_events if e.topic == SESSION_ENDED]),
         )
-        side = [statement for e in stored_events for statement in _index_rows(e)]
-        with self.datastore.get_connection() as conn:
-            if not side:
-                with conn.cursor() as curs:
-                    curs.execute(self.append_call, params, prepare=True)
-                    return [row["position"] for row in curs.fetchall()]
-            with conn.pipeline(), conn.transaction(), conn.cursor() as curs:
-                for statement, args in side:
-                    curs.execute(statement, args)
-                curs.execute(self.append_call, params, prepare=True)
-                return [row["position"] for row in curs.fetchall()]
+
+    def _append_one(self, params: tuple[Any, ...]) -> list[int]:
+        """One append alone: one statement, committed on its own."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self.append_call, params, prepare=True)
+            return [row["position"] for row in curs.fetchall()]
+
+    def _append_group(
+        self, group: Sequence[tuple[Any, ...]]
+    ) -> list[list[int] | BaseException]:
+        """Several appends in one transaction (one flush), in order, pipelined; each
+        answers its positions, or its own conflict, which leaves the others to commit."""
+        outcomes: list[list[int] | BaseException] = []
+        with (
+            self.datastore.get_connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            curs.executemany(self.grouped_call, group, returning=True)
+            while True:
+                row = curs.fetchone()
+                if row is None:
+                    raise ProgrammingError("the grouped append answered no row")
+                if row["conflict"] is not None:
+                    outcomes.append(IntegrityError(row["conflict"]))
+                else:
+                    outcomes.append(list(row["positions"]))
+                if not curs.nextset():
+                    break
+        return outcomes
 
     def _event_type(self) -> CompositeInfo:
         """The store's composite type for an event, as the datastore fetched it."""

@@ -3,9 +3,12 @@
 A thread samples `pg_stat_activity` every few milliseconds while the load runs and counts
 the active client backends: those in the append function by what they wait for (the
 append lock, the WAL flush of their commit, nothing: running), and those in any other
-statement. The average number of backends in a state, divided by the commands per second,
-is the time each command spends in it (Little's law). The sampler costs the server a query
-per interval, so it samples a run of its own, never a measured one.
+statement. A group of appends committed together (adapters/eventstore/group_commit.py) runs each
+append as a statement of the grouped function, counted as in the append, and flushes at
+its COMMIT, counted among the other statements. The average number of backends in a
+state, divided by the commands per second, is the time each command spends in it
+(Little's law). The sampler costs the server a query per interval, so it samples a run of
+its own, never a measured one.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from types import TracebackType
 
 import psycopg
 
-from adapters.eventstore.append import APPEND_CALL
+from adapters.eventstore.append import APPEND_CALL, GROUPED_CALL
 
 APPEND_PREFIX = APPEND_CALL.split("(", 1)[0]  # "SELECT <schema>.<append function>"
+GROUPED_PREFIX = GROUPED_CALL.split("(", 1)[0]  # "SELECT ... FROM <schema>.<grouped>"
 # The states of a backend in the append function, with how the report names them.
 APPEND_STATES = {
     "append: lock": "waiting for the append lock",
@@ -30,7 +34,8 @@ APPEND_STATES = {
 }
 
 SAMPLE = """
-SELECT wait_event_type, wait_event, starts_with(query, %s) AS appending
+SELECT wait_event_type, wait_event,
+       starts_with(query, %s) OR starts_with(query, %s) AS appending
 FROM pg_stat_activity
 WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()
 """
@@ -116,7 +121,7 @@ class WaitSampler:
                 self._ready.set()
                 started = time.monotonic()
                 while not self._stop.is_set():
-                    rows = conn.execute(SAMPLE, (APPEND_PREFIX,)).fetchall()
+                    rows = conn.execute(SAMPLE, (APPEND_PREFIX, GROUPED_PREFIX)).fetchall()
                     self._counts.update(state_of(*row) for row in rows)
                     self._samples += 1
                     self._stop.wait(self._interval)

@@ -6,11 +6,16 @@ from collections import Counter
 
 import pytest
 
-from ops.benchmark.pgwaits import APPEND_PREFIX, Waits, state_of
+from ops.benchmark.pgwaits import APPEND_PREFIX, GROUPED_PREFIX, Waits, state_of
 
 
 def test_the_append_prefix_names_the_append_function() -> None:
     assert APPEND_PREFIX.startswith("SELECT ") and APPEND_PREFIX.endswith("xentree_append")
+
+
+def test_the_grouped_prefix_names_the_grouped_append_function() -> None:
+    assert GROUPED_PREFIX.startswith("SELECT ")
+    assert GROUPED_PREFIX.endswith("xentree_append_grouped")
 
 
 @pytest.mark.parametrize(
